@@ -1,0 +1,19 @@
+// SPDX-License-Identifier: Apache-2.0
+// Umbrella header of hir's device backend: the core, every algorithm and their Thrust implementations. Compiles
+// with g++ under THRUST_DEVICE_SYSTEM=CPP or OMP and with nvcc for CUDA. Never includes Eigen.
+#pragma once
+
+#include <hir/backend/device/tag.hpp> // first: Thrust's config decides HIR_DEVICE_IS_CUDA
+
+#include <hir/config.hpp>
+#include <hir/core/backend.hpp>
+#include <hir/core/error.hpp>
+#include <hir/core/groups.hpp>
+#include <hir/core/random.hpp>
+#include <hir/core/span.hpp>
+#include <hir/version.hpp>
+
+#include <hir/advantages/group_advantages.hpp>
+#include <hir/rewards/reward_vector.hpp>
+
+#include <hir/backend/device/group_advantages.hpp>

@@ -1,0 +1,20 @@
+// SPDX-License-Identifier: Apache-2.0
+// Umbrella header of hir's CPU backend: the core, every algorithm and their CPU (Eigen) implementations.
+// Never includes Thrust; include <hir/device.hpp> (in another translation unit or target) for the device backend.
+#pragma once
+
+#include <hir/config.hpp>
+#include <hir/core/backend.hpp>
+#include <hir/core/error.hpp>
+#include <hir/core/groups.hpp>
+#include <hir/core/random.hpp>
+#include <hir/core/span.hpp>
+#include <hir/version.hpp>
+
+#include <hir/backend/cpu/tag.hpp>
+
+#include <hir/advantages/group_advantages.hpp>
+#include <hir/rewards/reward_vector.hpp>
+
+#include <hir/backend/cpu/group_advantages.hpp>
+#include <hir/backend/cpu/rewards.hpp>
