@@ -9,6 +9,7 @@
 #include <hir/core/groups.hpp>
 #include <hir/core/random.hpp>
 #include <hir/core/span.hpp>
+#include <hir/core/tokens.hpp>
 #include <hir/version.hpp>
 
 #include <hir/backend/cpu/tag.hpp>
