@@ -18,3 +18,4 @@
 #include <hir/rewards/reward_vector.hpp>
 
 #include <hir/backend/device/group_advantages.hpp>
+#include <hir/backend/device/rewards.hpp>
