@@ -51,10 +51,12 @@ const std::vector<std::pair<const char*, hir::group_advantage_options>> all_pres
     {"openrlhf_group_norm", hir::presets::openrlhf_group_norm()},
     {"openrlhf_dr_grpo", hir::presets::openrlhf_dr_grpo()},
     {"openrlhf_rloo", hir::presets::openrlhf_rloo()},
-    {"biased std, eps 1e-3", {hir::baseline_kind::group_mean, hir::scale_kind::group_std, hir::std_kind::biased, 1e-3,
-                              0.0, hir::singleton_policy::raw_score}},
-    {"no baseline, batch std", {hir::baseline_kind::none, hir::scale_kind::batch_std, hir::std_kind::biased, 1e-4,
-                                0.0, hir::singleton_policy::zero}},
+    {"biased std, eps 1e-3",
+     {hir::baseline_kind::group_mean, hir::scale_kind::group_std, hir::std_kind::biased, 1e-3, 0.0,
+      hir::singleton_policy::raw_score}},
+    {"no baseline, batch std",
+     {hir::baseline_kind::none, hir::scale_kind::batch_std, hir::std_kind::biased, 1e-4, 0.0,
+      hir::singleton_policy::zero}},
 };
 
 } // namespace
@@ -103,8 +105,9 @@ TEST_CASE_TEMPLATE("group_advantages: random ragged groups match the double refe
       const double c = std::uniform_real_distribution<double>(-3, 3)(rng);
       for (int k = 0; k < n; ++k) {
         ids.push_back(1000 + 7 * g);
-        s.push_back(constant ? c : binary ? static_cast<double>(rng() % 2)
-                                          : std::uniform_real_distribution<double>(-5, 5)(rng));
+        s.push_back(constant ? c
+                    : binary ? static_cast<double>(rng() % 2)
+                             : std::uniform_real_distribution<double>(-5, 5)(rng));
       }
     }
     std::vector<std::size_t> perm(s.size());
@@ -118,7 +121,9 @@ TEST_CASE_TEMPLATE("group_advantages: random ragged groups match the double refe
       pids[i] = ids[perm[i]];
     }
     const auto layout = hir::group_layout::from_ids(pids);
-    for (const auto& [name, opt] : all_presets) {
+    for (const auto& preset : all_presets) {
+      const char* name = preset.first;
+      const auto& opt = preset.second;
       CAPTURE(name);
       CAPTURE(trial);
       auto o = opt;
@@ -227,20 +232,19 @@ TEST_CASE_TEMPLATE("group_advantages: singletons and bad input", B, HIR_TEST_BAC
   std::vector<double> bad = s;
   bad[2] = std::numeric_limits<double>::quiet_NaN();
   auto d_bad = hir::test::upload<B>(bad);
-  CHECK_THROWS_WITH_AS(hir::group_advantages(B{}, hir::span_for<const double, B>(hir::view(d_bad)), groups.ref(),
-                                             hir::view(d_out)),
-                       "hir::group_advantages: scores[2] = nan is not finite", hir::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      hir::group_advantages(B{}, hir::span_for<const double, B>(hir::view(d_bad)), groups.ref(), hir::view(d_out)),
+      "hir::group_advantages: scores[2] = nan is not finite", hir::invalid_argument);
   bad[2] = -std::numeric_limits<double>::infinity();
   d_bad = hir::test::upload<B>(bad);
-  CHECK_THROWS_WITH_AS(hir::group_advantages(B{}, hir::span_for<const double, B>(hir::view(d_bad)), groups.ref(),
-                                             hir::view(d_out)),
-                       "hir::group_advantages: scores[2] = -inf is not finite", hir::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      hir::group_advantages(B{}, hir::span_for<const double, B>(hir::view(d_bad)), groups.ref(), hir::view(d_out)),
+      "hir::group_advantages: scores[2] = -inf is not finite", hir::invalid_argument);
   CHECK(hir::to_host(d_out) == sentinel);
 
   hir::vector<double, B> short_out(3);
   CHECK_THROWS_WITH_AS(hir::group_advantages(B{}, cs, groups.ref(), hir::view(short_out)),
-                       "hir::group_advantages: out.size() = 3 does not match scores.size() = 4",
-                       hir::invalid_argument);
+                       "hir::group_advantages: out.size() = 3 does not match scores.size() = 4", hir::invalid_argument);
   hir::group_storage<B> wrong(B{}, hir::group_layout::uniform(6, 2));
   CHECK_THROWS_WITH_AS(hir::group_advantages(B{}, cs, wrong.ref(), hir::view(d_out)),
                        "hir::group_advantages: scores.size() = 4 does not match groups.num_samples = 6",

@@ -17,8 +17,7 @@ namespace hir::test {
 
 /// Index of the first element outside tolerance, or -1.
 template <class A, class E>
-long long first_mismatch(const std::vector<A>& actual, const std::vector<E>& expected, double abs_tol,
-                         double rel_tol) {
+long long first_mismatch(const std::vector<A>& actual, const std::vector<E>& expected, double abs_tol, double rel_tol) {
   if (actual.size() != expected.size())
     return 0;
   for (std::size_t i = 0; i < actual.size(); ++i) {
@@ -44,7 +43,7 @@ std::string describe_mismatch(const std::vector<A>& actual, const std::vector<E>
 } // namespace hir::test
 
 /// CHECK that two vectors agree within abs + rel·|expected|, naming the first mismatch.
-#define HIR_CHECK_CLOSE(actual, expected, abs_tol, rel_tol)                                                           \
+#define HIR_CHECK_CLOSE(actual, expected, abs_tol, rel_tol)                                                            \
   do {                                                                                                                 \
     const auto& hir_a_ = (actual);                                                                                     \
     const auto& hir_e_ = (expected);                                                                                   \

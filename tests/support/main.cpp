@@ -45,8 +45,7 @@ int main(int argc, char** argv) {
     const char* require = std::getenv("HIR_REQUIRE_GPU");
     const bool required = require && std::strcmp(require, "0") != 0;
     if (err != cudaSuccess || count == 0) {
-      std::printf("hir: no usable CUDA device (%s); %s\n",
-                  err != cudaSuccess ? cudaGetErrorString(err) : "0 devices",
+      std::printf("hir: no usable CUDA device (%s); %s\n", err != cudaSuccess ? cudaGetErrorString(err) : "0 devices",
                   required ? "HIR_REQUIRE_GPU is set: failing" : "skipping (exit 77)");
       return required ? 1 : 77;
     }

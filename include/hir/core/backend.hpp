@@ -39,7 +39,8 @@ using span_for = span<T, memory_space_t<Backend>>;
 namespace detail {
 template <class Backend>
 constexpr void check_backend() {
-  static_assert(backend::is_backend_v<Backend>, "hir: the first argument must be a backend tag: hir::cpu or hir::device");
+  static_assert(backend::is_backend_v<Backend>,
+                "hir: the first argument must be a backend tag: hir::cpu or hir::device");
 }
 } // namespace detail
 } // namespace hir

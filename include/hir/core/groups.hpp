@@ -24,9 +24,9 @@ template <class Space = host_space>
 struct group_ref {
   std::size_t num_groups = 0;
   std::size_t num_samples = 0;
-  std::size_t uniform_size = 0;                ///< > 0: every group has this size and members are contiguous
-  span<const std::int64_t, Space> offsets;     ///< num_groups + 1 slot offsets (unused when uniform_size > 0)
-  span<const std::int64_t, Space> members;     ///< sample index of each slot; empty = identity (contiguous groups)
+  std::size_t uniform_size = 0;            ///< > 0: every group has this size and members are contiguous
+  span<const std::int64_t, Space> offsets; ///< num_groups + 1 slot offsets (unused when uniform_size > 0)
+  span<const std::int64_t, Space> members; ///< sample index of each slot; empty = identity (contiguous groups)
 
   HIR_HOST_DEVICE std::size_t begin(std::size_t g) const {
     return uniform_size ? g * uniform_size : static_cast<std::size_t>(offsets[g]);
@@ -52,8 +52,8 @@ public:
     if (group_size == 0)
       detail::fail("group_layout::uniform", "group_size = 0");
     if (num_samples % group_size != 0)
-      detail::fail("group_layout::uniform", "num_samples = ", num_samples, " is not a multiple of group_size = ",
-                   group_size);
+      detail::fail("group_layout::uniform", "num_samples = ", num_samples,
+                   " is not a multiple of group_size = ", group_size);
     group_layout l;
     l.num_samples_ = num_samples;
     l.num_groups_ = num_samples / group_size;

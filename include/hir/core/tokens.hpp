@@ -17,12 +17,12 @@ namespace hir {
 /// every non-empty array has batch·length elements.
 template <class T, class Space = host_space>
 struct token_batch_ref {
-  std::size_t batch = 0;                   ///< B, number of sequences
-  std::size_t length = 0;                  ///< L, padded length
-  span<const std::uint8_t, Space> mask;    ///< [B, L], 1 = valid (loss) token, 0 = padding or prompt
-  span<const T, Space> logp;               ///< [B, L] log π_θ(y_t | ·), the policy being optimized
-  span<const T, Space> old_logp;           ///< [B, L] log π_old(y_t | ·), the policy that sampled y
-  span<const T, Space> ref_logp;           ///< [B, L] log π_ref(y_t | ·), the KL anchor (empty: none)
+  std::size_t batch = 0;                ///< B, number of sequences
+  std::size_t length = 0;               ///< L, padded length
+  span<const std::uint8_t, Space> mask; ///< [B, L], 1 = valid (loss) token, 0 = padding or prompt
+  span<const T, Space> logp;            ///< [B, L] log π_θ(y_t | ·), the policy being optimized
+  span<const T, Space> old_logp;        ///< [B, L] log π_old(y_t | ·), the policy that sampled y
+  span<const T, Space> ref_logp;        ///< [B, L] log π_ref(y_t | ·), the KL anchor (empty: none)
 
   HIR_HOST_DEVICE std::size_t size() const { return batch * length; }
 };

@@ -28,8 +28,8 @@ inline constexpr std::size_t max_constraints = 64;
 /// Non-owning view of a batch of verdict vectors in memory space `Space`.
 template <class Space = host_space>
 struct verdict_ref {
-  span<const std::uint64_t, Space> masks;  ///< bit c = constraint c met
-  span<const std::uint8_t, Space> counts;  ///< number of constraints of each sample (≤ 64)
+  span<const std::uint64_t, Space> masks; ///< bit c = constraint c met
+  span<const std::uint8_t, Space> counts; ///< number of constraints of each sample (≤ 64)
   HIR_HOST_DEVICE std::size_t size() const { return masks.size(); }
 };
 
@@ -68,7 +68,9 @@ public:
   bool met(std::size_t i, std::size_t c) const { return (masks_[i] >> c) & 1u; }
   const std::vector<std::uint64_t>& masks() const noexcept { return masks_; }
   const std::vector<std::uint8_t>& counts() const noexcept { return counts_; }
-  verdict_ref<host_space> ref() const noexcept { return {{masks_.data(), masks_.size()}, {counts_.data(), counts_.size()}}; }
+  verdict_ref<host_space> ref() const noexcept {
+    return {{masks_.data(), masks_.size()}, {counts_.data(), counts_.size()}};
+  }
   operator verdict_ref<host_space>() const noexcept { return ref(); }
 
 private:
@@ -78,7 +80,9 @@ private:
 
 namespace detail {
 /// Mask with the low n bits set (n ≤ 64).
-HIR_HOST_DEVICE inline std::uint64_t low_bits(unsigned n) { return n >= 64 ? ~std::uint64_t(0) : ((std::uint64_t(1) << n) - 1); }
+HIR_HOST_DEVICE inline std::uint64_t low_bits(unsigned n) {
+  return n >= 64 ? ~std::uint64_t(0) : ((std::uint64_t(1) << n) - 1);
+}
 
 HIR_HOST_DEVICE inline int popcount64(std::uint64_t x) {
 #if defined(__CUDA_ARCH__)

@@ -85,11 +85,11 @@ void group_advantages_impl(tag_t const& be, span<const T, device_space> scores, 
     hir::detail::fail(fn, "scores[", bad, "] = ", to_host(scores.subspan(static_cast<std::size_t>(bad), 1))[0],
                       " is not finite");
   if (opt.singleton == singleton_policy::error && groups.num_groups > 0) {
-    const long long smallest = thrust::transform_reduce(
-        detail::policy(be), thrust::counting_iterator<long long>(0),
-        thrust::counting_iterator<long long>(static_cast<long long>(groups.num_groups)),
-        detail::hir_group_size_of<group_ref<device_space>>{groups}, std::numeric_limits<long long>::max(),
-        thrust::minimum<long long>());
+    const long long smallest =
+        thrust::transform_reduce(detail::policy(be), thrust::counting_iterator<long long>(0),
+                                 thrust::counting_iterator<long long>(static_cast<long long>(groups.num_groups)),
+                                 detail::hir_group_size_of<group_ref<device_space>>{groups},
+                                 std::numeric_limits<long long>::max(), thrust::minimum<long long>());
     if (smallest == 1)
       hir::detail::fail(fn, "a group has one sample and singleton_policy::error is set");
   }
@@ -99,8 +99,8 @@ void group_advantages_impl(tag_t const& be, span<const T, device_space> scores, 
     double sd = 0.0;
     if (n > 0) {
       auto first = thrust::device_pointer_cast(scores.data());
-      const double sum = thrust::transform_reduce(detail::policy(be), first, first + n, detail::hir_to_double<T>{},
-                                                  0.0, thrust::plus<double>());
+      const double sum = thrust::transform_reduce(detail::policy(be), first, first + n, detail::hir_to_double<T>{}, 0.0,
+                                                  thrust::plus<double>());
       const double mean = sum / static_cast<double>(n);
       const double ss = thrust::transform_reduce(detail::policy(be), first, first + n, detail::hir_square_dev{mean},
                                                  0.0, thrust::plus<double>());
@@ -112,13 +112,13 @@ void group_advantages_impl(tag_t const& be, span<const T, device_space> scores, 
   auto first = thrust::counting_iterator<std::size_t>(0);
   auto last = first + groups.num_groups;
   if (groups.contiguous())
-    thrust::for_each(detail::policy(be), first, last,
-                     detail::hir_group_advantages_functor<true, T>{scores.data(), groups, out.data(), opt,
-                                                                   batch_denominator});
+    thrust::for_each(
+        detail::policy(be), first, last,
+        detail::hir_group_advantages_functor<true, T>{scores.data(), groups, out.data(), opt, batch_denominator});
   else
-    thrust::for_each(detail::policy(be), first, last,
-                     detail::hir_group_advantages_functor<false, T>{scores.data(), groups, out.data(), opt,
-                                                                    batch_denominator});
+    thrust::for_each(
+        detail::policy(be), first, last,
+        detail::hir_group_advantages_functor<false, T>{scores.data(), groups, out.data(), opt, batch_denominator});
 }
 
 } // namespace device

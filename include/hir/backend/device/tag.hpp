@@ -38,9 +38,13 @@ struct tag_t : base_t {
 namespace detail {
 /// The Thrust execution policy for a device tag: `thrust::cuda::par.on(stream)` on CUDA, `thrust::device` otherwise.
 #if HIR_DEVICE_IS_CUDA
-inline auto policy(tag_t const& t) { return thrust::cuda::par.on(t.stream); }
+inline auto policy(tag_t const& t) {
+  return thrust::cuda::par.on(t.stream);
+}
 #else
-inline auto policy(tag_t const&) { return thrust::device; }
+inline auto policy(tag_t const&) {
+  return thrust::device;
+}
 #endif
 } // namespace detail
 } // namespace device
