@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Device implementation of group_advantages on Thrust: one validation reduction (first non-finite score, smallest
 // group), then one functor per group running the same kernel as the CPU backend (hir/detail/group_kernels.hpp).
-// Portable to Thrust's CPP, OMP and CUDA systems.
+// Portable to Thrust's CPP, OMP and CUDA systems; on CUDA, uniform groups of 2..32 take the warp-shuffle fast path
+// of detail/group_advantages.cuh (HIR_ENABLE_CUB=0 keeps the portable path, so it can be tested on a GPU too).
 #pragma once
 
 #include <hir/advantages/group_advantages.hpp>
@@ -15,6 +16,10 @@
 
 #include <cstdint>
 #include <limits>
+
+#if HIR_DEVICE_IS_CUDA && HIR_ENABLE_CUB
+#  include <hir/backend/device/detail/group_advantages.cuh>
+#endif
 
 namespace hir {
 namespace backend {
@@ -109,6 +114,13 @@ void group_advantages_impl(tag_t const& be, span<const T, device_space> scores, 
     }
     batch_denominator = hir::detail::batch_denominator(sd, opt.epsilon);
   }
+#if HIR_DEVICE_IS_CUDA && HIR_ENABLE_CUB
+  // CUDA fast path: uniform contiguous groups of 2..32 (warp-segment reductions, coalesced).
+  if (groups.uniform_size >= 2 && groups.contiguous() &&
+      detail::group_advantages_uniform_cuda(scores.data(), out.data(), scores.size(), groups.uniform_size, opt,
+                                            batch_denominator, be.stream))
+    return;
+#endif
   auto first = thrust::counting_iterator<std::size_t>(0);
   auto last = first + groups.num_groups;
   if (groups.contiguous())
