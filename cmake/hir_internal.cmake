@@ -27,24 +27,29 @@ endfunction()
 
 string(TOLOWER "${HIR_DEVICE_SYSTEM}" HIR_DEVICE_SYSTEM_LOWER)
 
-# hir_add_test(<area> SOURCES a.cpp ... [DEVICE] [LIBS ...] [TIMEOUT s])
+# hir_add_test(<area> SOURCES a.cpp ... [DEVICE | DEVICE_ONLY] [LIBS ...] [TIMEOUT s])
 #   hir.cpu.<area>:           the sources with HIR_TEST_DEVICE=0 against hir::hir (label cpu)
 #   hir.<system>.<area>:      with DEVICE, the same sources with HIR_TEST_DEVICE=1 against hir::device, compiled by
 #                             g++ for CPP/OMP (label device) or by nvcc through a .cu wrapper for CUDA (label gpu;
 #                             exit code 77 = no GPU = Skipped, unless HIR_REQUIRE_GPU=1).
+#   DEVICE_ONLY:              only the device executable (for sources whose CPU build another area registers).
 function(hir_add_test area)
-  cmake_parse_arguments(T "DEVICE" "TIMEOUT" "SOURCES;LIBS" ${ARGN})
+  cmake_parse_arguments(T "DEVICE;DEVICE_ONLY" "TIMEOUT" "SOURCES;LIBS" ${ARGN})
   if(NOT T_TIMEOUT)
     set(T_TIMEOUT 600)
   endif()
-  set(_cpu hir.cpu.${area})
-  add_executable(${_cpu} ${T_SOURCES})
-  target_link_libraries(${_cpu} PRIVATE hir::hir hir_test_support_cpu ${T_LIBS})
-  target_compile_definitions(${_cpu} PRIVATE HIR_TEST_DEVICE=0)
-  hir_target_defaults(${_cpu})
-  add_test(NAME ${_cpu} COMMAND ${_cpu})
-  set_tests_properties(${_cpu} PROPERTIES LABELS cpu TIMEOUT ${T_TIMEOUT}
-                       ENVIRONMENT "HIR_SHARED_DIR=${HIR_SHARED_DIR}")
+  if(T_DEVICE_ONLY)
+    set(T_DEVICE ON)
+  else()
+    set(_cpu hir.cpu.${area})
+    add_executable(${_cpu} ${T_SOURCES})
+    target_link_libraries(${_cpu} PRIVATE hir::hir hir_test_support_cpu ${T_LIBS})
+    target_compile_definitions(${_cpu} PRIVATE HIR_TEST_DEVICE=0)
+    hir_target_defaults(${_cpu})
+    add_test(NAME ${_cpu} COMMAND ${_cpu})
+    set_tests_properties(${_cpu} PROPERTIES LABELS cpu TIMEOUT ${T_TIMEOUT}
+                         ENVIRONMENT "HIR_SHARED_DIR=${HIR_SHARED_DIR}")
+  endif()
 
   if(T_DEVICE AND HIR_HAS_DEVICE)
     set(_dev hir.${HIR_DEVICE_SYSTEM_LOWER}.${area})
