@@ -16,6 +16,8 @@ function(hir_target_defaults target)
   endif()
 endfunction()
 
+option(HIR_TEST_CPU "Build the CPU test executables (the CUDA preset turns it off: the CPU presets build them)" ON)
+
 # -march=native for hir's benchmarks and apps (HIR_NATIVE, default ON): they measure this machine.
 option(HIR_NATIVE "Compile hir's benchmarks and apps with -march=native" ON)
 function(hir_target_native target)
@@ -40,6 +42,11 @@ function(hir_add_test area)
   endif()
   if(T_DEVICE_ONLY)
     set(T_DEVICE ON)
+  elseif(NOT HIR_TEST_CPU)
+    # CPU executables are built by the CPU configurations; the CUDA one builds only device tests.
+    if(NOT T_DEVICE)
+      return()
+    endif()
   else()
     set(_cpu hir.cpu.${area})
     add_executable(${_cpu} ${T_SOURCES})
