@@ -250,7 +250,6 @@ private:
 };
 
 inline void experiment::prepare(const std::function<void(const std::string&)>& log) {
-  const auto mc = cfg_.model_config();
   const std::string path = base_path();
   std::error_code ec;
   std::filesystem::create_directories(out_dir_, ec);

@@ -19,6 +19,7 @@
 #include <hir/core/backend.hpp>
 #include <hir/core/error.hpp>
 #include <hir/core/groups.hpp>
+#include <hir/core/validation.hpp>
 
 #include <cstddef>
 
@@ -39,34 +40,61 @@ struct group_advantage_options {
   baseline_kind baseline = baseline_kind::group_mean;
   scale_kind scale = scale_kind::group_std;
   std_kind std = std_kind::unbiased;
-  double epsilon = 1e-6;        ///< added to the std (d = σ + ε)
-  double variance_floor = 0.0;  ///< σ² is raised to at least this before the sqrt (verl vectorized: 1e-6)
+  double epsilon = 1e-6;       ///< added to the std (d = σ + ε)
+  double variance_floor = 0.0; ///< σ² is raised to at least this before the sqrt (verl vectorized: 1e-6)
   singleton_policy singleton = singleton_policy::zero;
+  /// before_writing (default): every score is checked before anything is written, so `out` is untouched on error.
+  /// fused: each block is checked just before it is computed (faster on the CPU fast path); on error, blocks before
+  /// the bad score have been written. Either way a non-finite score is reported, never propagated.
+  input_validation validation = input_validation::before_writing;
 };
 
 namespace presets {
 /// verl `grpo` (loop): unbiased std, A = (s − μ)/(σ + 1e-6), singleton → raw score.
-inline group_advantage_options verl_grpo() { return {baseline_kind::group_mean, scale_kind::group_std, std_kind::unbiased, 1e-6, 0.0, singleton_policy::raw_score}; }
+inline group_advantage_options verl_grpo() {
+  return {baseline_kind::group_mean, scale_kind::group_std, std_kind::unbiased, 1e-6, 0.0, singleton_policy::raw_score};
+}
 /// verl `grpo_vectorized`: σ = sqrt(max(var, 1e-6)), then + 1e-6; singleton → raw score.
-inline group_advantage_options verl_grpo_vectorized() { return {baseline_kind::group_mean, scale_kind::group_std, std_kind::unbiased, 1e-6, 1e-6, singleton_policy::raw_score}; }
+inline group_advantage_options verl_grpo_vectorized() {
+  return {baseline_kind::group_mean,  scale_kind::group_std, std_kind::unbiased, 1e-6, 1e-6,
+          singleton_policy::raw_score};
+}
 /// verl `grpo` with norm_adv_by_std_in_grpo = False (Dr.GRPO): A = s − μ; singleton → raw score.
-inline group_advantage_options verl_dr_grpo() { return {baseline_kind::group_mean, scale_kind::none, std_kind::unbiased, 0.0, 0.0, singleton_policy::raw_score}; }
+inline group_advantage_options verl_dr_grpo() {
+  return {baseline_kind::group_mean, scale_kind::none, std_kind::unbiased, 0.0, 0.0, singleton_policy::raw_score};
+}
 /// verl `rloo` (loop): singleton → raw score.
-inline group_advantage_options verl_rloo() { return {baseline_kind::leave_one_out, scale_kind::none, std_kind::unbiased, 0.0, 0.0, singleton_policy::raw_score}; }
+inline group_advantage_options verl_rloo() {
+  return {baseline_kind::leave_one_out, scale_kind::none, std_kind::unbiased, 0.0, 0.0, singleton_policy::raw_score};
+}
 /// verl `rloo_vectorized`: singleton → 0.
-inline group_advantage_options verl_rloo_vectorized() { return {baseline_kind::leave_one_out, scale_kind::none, std_kind::unbiased, 0.0, 0.0, singleton_policy::zero}; }
+inline group_advantage_options verl_rloo_vectorized() {
+  return {baseline_kind::leave_one_out, scale_kind::none, std_kind::unbiased, 0.0, 0.0, singleton_policy::zero};
+}
 /// TRL GRPOTrainer, scale_rewards="group": A = (s − μ)/(σ + 1e-4); singleton → 0 (NaN std → NaN → 0).
-inline group_advantage_options trl_grpo() { return {baseline_kind::group_mean, scale_kind::group_std, std_kind::unbiased, 1e-4, 0.0, singleton_policy::zero}; }
+inline group_advantage_options trl_grpo() {
+  return {baseline_kind::group_mean, scale_kind::group_std, std_kind::unbiased, 1e-4, 0.0, singleton_policy::zero};
+}
 /// TRL GRPOTrainer, scale_rewards="batch": A = (s − μ_g)/(σ_batch + 1e-4).
-inline group_advantage_options trl_grpo_batch() { return {baseline_kind::group_mean, scale_kind::batch_std, std_kind::unbiased, 1e-4, 0.0, singleton_policy::zero}; }
+inline group_advantage_options trl_grpo_batch() {
+  return {baseline_kind::group_mean, scale_kind::batch_std, std_kind::unbiased, 1e-4, 0.0, singleton_policy::zero};
+}
 /// TRL GRPOTrainer, scale_rewards="none" (Dr.GRPO).
-inline group_advantage_options trl_dr_grpo() { return {baseline_kind::group_mean, scale_kind::none, std_kind::unbiased, 0.0, 0.0, singleton_policy::zero}; }
+inline group_advantage_options trl_dr_grpo() {
+  return {baseline_kind::group_mean, scale_kind::none, std_kind::unbiased, 0.0, 0.0, singleton_policy::zero};
+}
 /// OpenRLHF `group_norm`: A = (s − μ)/(σ + 1e-9); groups of one are an error.
-inline group_advantage_options openrlhf_group_norm() { return {baseline_kind::group_mean, scale_kind::group_std, std_kind::unbiased, 1e-9, 0.0, singleton_policy::error}; }
+inline group_advantage_options openrlhf_group_norm() {
+  return {baseline_kind::group_mean, scale_kind::group_std, std_kind::unbiased, 1e-9, 0.0, singleton_policy::error};
+}
 /// OpenRLHF `dr_grpo` (and `reinforce_baseline` before its whitening): A = s − μ; groups of one are an error.
-inline group_advantage_options openrlhf_dr_grpo() { return {baseline_kind::group_mean, scale_kind::none, std_kind::unbiased, 0.0, 0.0, singleton_policy::error}; }
+inline group_advantage_options openrlhf_dr_grpo() {
+  return {baseline_kind::group_mean, scale_kind::none, std_kind::unbiased, 0.0, 0.0, singleton_policy::error};
+}
 /// OpenRLHF `rloo`; groups of one are an error.
-inline group_advantage_options openrlhf_rloo() { return {baseline_kind::leave_one_out, scale_kind::none, std_kind::unbiased, 0.0, 0.0, singleton_policy::error}; }
+inline group_advantage_options openrlhf_rloo() {
+  return {baseline_kind::leave_one_out, scale_kind::none, std_kind::unbiased, 0.0, 0.0, singleton_policy::error};
+}
 } // namespace presets
 
 namespace detail {

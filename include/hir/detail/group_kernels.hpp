@@ -1,8 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
-// Per-group kernels shared by the CPU loop and the device backend's Thrust functors (host/device code).
+// Per-group and per-token kernels of the advantage estimators, shared by the CPU loops and the device backend's
+// Thrust functors (host/device code): group-relative advantages of one group, the KL penalty of one REINFORCE++
+// token, the z-scores of one 0/1 constraint column.
 #pragma once
 
+#include <hir/advantages/constraint_normalized.hpp>
 #include <hir/advantages/group_advantages.hpp>
+#include <hir/advantages/reinforce_pp.hpp>
 #include <hir/config.hpp>
 
 #include <cmath>
@@ -76,6 +80,54 @@ inline double batch_denominator(double sd, double epsilon) {
     return HUGE_VAL;
   const double d = sd + epsilon;
   return d == 0.0 ? 1.0 : d; // every score equal and ε = 0: every numerator is 0 too
+}
+
+/// The KL penalty k_t of one REINFORCE++ token: the estimator `o.kl` of κ = old_logp − ref_logp (verl's
+/// kl_penalty_forward / OpenRLHF's compute_approx_kl on the behaviour policy), clamped as the options say.
+HIR_HOST_DEVICE inline double reinforce_kl_penalty(double old_logp, double ref_logp, const reinforce_pp_options& o) {
+  const double k = old_logp - ref_logp;
+  double v = k; // k1, k1_st
+  switch (o.kl) {
+  case kl_estimator::none:
+    v = 0.0;
+    break;
+  case kl_estimator::abs:
+    v = k < 0 ? -k : k;
+    break;
+  case kl_estimator::k2:
+    v = 0.5 * k * k;
+    break;
+  case kl_estimator::k3:
+  case kl_estimator::k3_st: {
+    const double c = o.kl_log_ratio_clamp;
+    const double x = -k < -c ? -c : (-k > c ? c : -k);
+    v = ::exp(x) - x - 1.0;
+    if (o.kl_value_clamp > 0.0 && v > o.kl_value_clamp)
+      v = o.kl_value_clamp;
+    break;
+  }
+  default:
+    break;
+  }
+  if (o.kl_clamp_every_estimator)
+    v = v < -o.kl_value_clamp ? -o.kl_value_clamp : (v > o.kl_value_clamp ? o.kl_value_clamp : v);
+  return v;
+}
+
+/// z-scores of one constraint column of a group: `k` of `n` members (n ≥ 2) meet it; `met` and `unmet` are
+/// (1 − μ)/(σ + ε) and (0 − μ)/(σ + ε). A constant column (k = 0 or k = n) gives exact zeros.
+HIR_HOST_DEVICE inline void constraint_column_z(unsigned k, unsigned n, const constraint_normalized_options& o,
+                                                double& met, double& unmet) {
+  if (k == 0 || k == n) {
+    met = unmet = 0.0;
+    return;
+  }
+  const double dn = static_cast<double>(n), dk = static_cast<double>(k);
+  const double mu = dk / dn;
+  const double ss = dk * (dn - dk) / dn; // Σ_i (v_i − μ)², exact from the counts
+  const double sd = ::sqrt(ss / (o.std == std_kind::unbiased ? dn - 1.0 : dn));
+  met = (1.0 - mu) / (sd + o.epsilon);
+  unmet = (0.0 - mu) / (sd + o.epsilon);
 }
 
 } // namespace detail

@@ -19,6 +19,7 @@
 #include <hir/core/backend.hpp>
 #include <hir/core/error.hpp>
 #include <hir/core/tokens.hpp>
+#include <hir/core/validation.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -57,12 +58,6 @@ enum class loss_aggregation {
   seq_mean_token_mean, ///< Σ_i (Σ_t L·m / |o_i|) / S, S = non-empty sequences (original GRPO)
   seq_mean_token_sum,  ///< Σ_i Σ_t L·m / S
   seq_sum_constant     ///< Σ L·m / C with a constant C (Dr.GRPO)
-};
-
-/// When non-finite inputs are detected. They are always detected at valid positions and reported.
-enum class input_validation {
-  before_writing, ///< a read-only pass over the inputs runs first: on error grad_logp is untouched
-  fused           ///< detected inside the loss pass (one pass fewer): on error grad_logp is zero-filled
 };
 
 /// Options of policy_loss. The defaults are symmetric PPO clip (ε = 0.2), no dual clip, no KL, token mean over the

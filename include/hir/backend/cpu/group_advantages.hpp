@@ -1,50 +1,124 @@
 // SPDX-License-Identifier: Apache-2.0
-// CPU implementation of group_advantages: one validation pass (finite scores, singleton policy), then one fused pass
-// per group (two-pass mean/variance in double on the group's values, which are cache-resident), shared with the
-// device backend through hir/detail/group_kernels.hpp.
+// CPU implementation of group_advantages. Two passes: (1) validation of every score (finite) and group size
+// (singleton policy) before anything is written, (2) the advantages. (detail::group_advantages_cpu also offers a
+// fused validation, one read pass fewer, for the fast path below.) Pass 2 has two paths:
+//
+//   uniform fast path   float scores, contiguous groups of G ∈ {2, 4, 8, 16, 32}, compiled with AVX-512F: blocks of
+//                       8 groups are transposed in registers so that each double lane holds one group, then mean and
+//                       sum of squared deviations (two-pass, pairwise in double), the scale (Newton-refined
+//                       reciprocal square root, within a few double ulps of 1/(sqrt(var) + ε)) and the output are
+//                       computed for 8 groups at once, and transposed back. Constant groups are exact zeros.
+//   generic path        any layout and type: hir::detail::group_advantages_one per group (shared with the device
+//                       backend), sequential sums in double.
+//
+// Compiled with OpenMP, inputs of at least 2^18 samples are split over the threads in chunks (dynamic schedule);
+// each group is computed by one thread with the same arithmetic, so the result does not depend on the thread count.
+// No heap allocation.
 #pragma once
 
 #include <hir/advantages/group_advantages.hpp>
 #include <hir/backend/cpu/tag.hpp>
 #include <hir/detail/group_kernels.hpp>
+#include <hir/core/validation.hpp>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#if defined(__AVX512F__) && (defined(__GNUC__) || defined(__clang__))
+#  include <immintrin.h>
+#  define HIR_CPU_AVX512 1
+#else
+#  define HIR_CPU_AVX512 0
+#endif
 
 namespace hir {
 namespace backend {
 namespace cpu {
 namespace detail {
 
-/// Index of the first non-finite value, or -1. Branch-free inner loop over blocks so it runs at read bandwidth.
+/// Inputs of at least this many samples are split over OpenMP threads (when compiled with OpenMP).
+inline constexpr std::size_t group_advantages_parallel_min = std::size_t(1) << 18;
+/// Samples per OpenMP work chunk (a multiple of 8·32, so chunks hold whole blocks of 8 groups for every G).
+inline constexpr std::size_t group_advantages_chunk = std::size_t(1) << 15;
+
+/// Index of the first non-finite value of x[begin, end), or -1. Tests the exponent bits with integer operations,
+/// a block at a time, so it vectorizes and runs at read bandwidth.
 template <class T>
-long long first_non_finite(const T* x, std::size_t n) {
-  constexpr std::size_t block = 1024;
-  for (std::size_t start = 0; start < n; start += block) {
-    const std::size_t end = std::min(n, start + block);
-    T acc = 0;
-    for (std::size_t i = start; i < end; ++i)
-      acc += x[i] - x[i]; // 0 for finite x, NaN for ±inf and NaN
-    if (acc != acc)
-      for (std::size_t i = start; i < end; ++i)
+long long first_non_finite(const T* x, std::size_t begin, std::size_t end) {
+  using U = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+  constexpr U abs_mask = static_cast<U>(~U(0) >> 1);
+  constexpr U inf_bits = sizeof(T) == 4 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
+  constexpr std::size_t block = 2048;
+  for (std::size_t start = begin; start < end; start += block) {
+    const std::size_t stop = std::min(end, start + block);
+    U hi = 0;
+    for (std::size_t i = start; i < stop; ++i) {
+      U u;
+      std::memcpy(&u, x + i, sizeof(U));
+      u &= abs_mask;
+      hi = u > hi ? u : hi;
+    }
+    if (hi >= inf_bits) // some |x| is inf or NaN
+      for (std::size_t i = start; i < stop; ++i)
         if (!std::isfinite(x[i]))
           return static_cast<long long>(i);
   }
   return -1;
 }
 
-/// Validates scores and group sizes for group-relative estimators; throws before anything is written.
+/// first_non_finite over [0, n), split over OpenMP threads for large n (the smallest bad index wins).
 template <class T>
-void validate_group_scores(const char* fn, span<const T, host_space> scores, group_ref<host_space> groups,
-                           singleton_policy singleton) {
-  const long long bad = first_non_finite(scores.data(), scores.size());
-  if (bad >= 0)
-    hir::detail::fail(fn, "scores[", bad, "] = ", scores[static_cast<std::size_t>(bad)], " is not finite");
-  if (singleton == singleton_policy::error)
+long long first_non_finite_parallel(const T* x, std::size_t n) {
+#if defined(_OPENMP)
+  if (n >= group_advantages_parallel_min) {
+    const long long chunks = static_cast<long long>((n + group_advantages_chunk - 1) / group_advantages_chunk);
+    long long first = std::numeric_limits<long long>::max();
+#  pragma omp parallel for schedule(dynamic, 1) reduction(min : first)
+    for (long long c = 0; c < chunks; ++c) {
+      const std::size_t b = static_cast<std::size_t>(c) * group_advantages_chunk;
+      const long long bad = first_non_finite(x, b, std::min(n, b + group_advantages_chunk));
+      if (bad >= 0 && bad < first)
+        first = bad;
+    }
+    return first == std::numeric_limits<long long>::max() ? -1 : first;
+  }
+#endif
+  return first_non_finite(x, 0, n);
+}
+
+/// Throws naming scores[bad].
+template <class T>
+[[noreturn]] void fail_non_finite(const char* fn, span<const T, host_space> scores, long long bad) {
+  hir::detail::fail(fn, "scores[", bad, "] = ", scores[static_cast<std::size_t>(bad)], " is not finite");
+}
+
+/// Checks the singleton policy (reads group sizes only).
+inline void validate_group_sizes(const char* fn, group_ref<host_space> groups, singleton_policy singleton) {
+  if (singleton == singleton_policy::error) {
+    if (groups.uniform_size) {
+      if (groups.uniform_size == 1 && groups.num_groups > 0)
+        hir::detail::fail(fn, "group 0 (sample 0) has one sample and singleton_policy::error is set");
+      return;
+    }
     for (std::size_t g = 0; g < groups.num_groups; ++g)
       if (groups.size(g) == 1)
         hir::detail::fail(fn, "group ", g, " (sample ", groups.sample(groups.begin(g)),
                           ") has one sample and singleton_policy::error is set");
+  }
+}
+
+/// Validates scores and group sizes for group-relative estimators; throws before anything is written.
+template <class T>
+void validate_group_scores(const char* fn, span<const T, host_space> scores, group_ref<host_space> groups,
+                           singleton_policy singleton) {
+  const long long bad = first_non_finite_parallel(scores.data(), scores.size());
+  if (bad >= 0)
+    fail_non_finite(fn, scores, bad);
+  validate_group_sizes(fn, groups, singleton);
 }
 
 /// Standard deviation of all scores (two-pass, double).
@@ -66,21 +140,380 @@ double batch_std(span<const T, host_space> s, std_kind kind) {
   return denom > 0 ? std::sqrt(ss / denom) : std::numeric_limits<double>::quiet_NaN();
 }
 
+/// Per-call constants of the uniform fast path: out = (s − center·μ)·f with f = factor/(sqrt(max(ss/var_div,
+/// floor)) + ε) (group_std) or f = fixed, and f = 0 for constant groups.
+struct uniform_params {
+  double center;  ///< 1: subtract the group mean; 0: no baseline
+  bool group_std; ///< scale by the group std
+  double var_div; ///< n − 1 or n
+  double floor;   ///< variance floor
+  double epsilon; ///< added to the std
+  double factor;  ///< n/(n − 1) for leave-one-out, else 1
+  double fixed;   ///< f without group_std: factor/batch_denominator or factor
+};
+
+#if HIR_CPU_AVX512
+
+constexpr int ga_log2(int g) {
+  int m = 0;
+  while ((1 << m) < g)
+    ++m;
+  return m;
+}
+
+/// Permutation tables that transpose a block of 8 groups × G floats (G/2 zmm registers, row-major by group) into
+/// rows: row k holds element k of the 8 groups, as one half (8 floats) of a register. An element's index bits are
+/// (g2 g1 g0 | k_{m−1} … k0); a register's lane is the low 4 bits and its number the rest. Each stage pairs the
+/// registers that differ in one register bit and swaps that bit with a lane bit holding a k bit (one vpermt2ps
+/// per output register), until every g bit is a lane bit; the last stage also orders the lanes as (g0 g1 g2 k0).
+/// G = 2 has no register bits: a single-source vpermps orders the lanes. The inverse applies the stages backwards.
+template <int G>
+struct ga_transpose_plan {
+  static constexpr int m = ga_log2(G);
+  static constexpr int vectors = G / 2;
+  static constexpr int bits = m + 3;
+  struct tables_t {
+    int stages = 0;
+    int pair_bit[4] = {};                         ///< register bit paired at each stage (−1: single source)
+    alignas(64) std::int32_t fwd[4][16][16] = {}; ///< [stage][output register][lane] vpermt2ps indices
+    alignas(64) std::int32_t inv[4][16][16] = {};
+    int row_vector[32] = {}; ///< register holding row k after the forward stages
+    int row_half[32] = {};   ///< and its half
+  };
+  /// Physical position (register·16 + lane) of element f under layout L (L[p] = element bit stored at bit p).
+  static constexpr int position(const int* layout, int f) {
+    int r = 0;
+    for (int p = 0; p < bits; ++p)
+      r |= ((f >> layout[p]) & 1) << p;
+    return r;
+  }
+  static constexpr void fill(std::int32_t (*idx)[16], const int* from, const int* to, int pair_bit) {
+    for (int f = 0; f < 8 * G; ++f) {
+      const int t = position(to, f), s = position(from, f);
+      idx[t >> 4][t & 15] = pair_bit < 0 ? (s & 15) : (((s >> 4) >> pair_bit) & 1) * 16 + (s & 15);
+    }
+  }
+  static constexpr tables_t build() {
+    tables_t t{};
+    int layouts[5][8] = {};
+    int cur[8] = {};
+    for (int p = 0; p < bits; ++p)
+      layouts[0][p] = cur[p] = p;
+    int s = 0;
+    for (int p = 4; p < bits; ++p) {
+      if (cur[p] < m)
+        continue; // already a k bit
+      for (int q = 0; q < 4; ++q)
+        if (cur[q] >= 1 && cur[q] < m) { // a lane holding k1 … k_{m−1}
+          const int tmp = cur[p];
+          cur[p] = cur[q];
+          cur[q] = tmp;
+          t.pair_bit[s++] = p - 4;
+          for (int r = 0; r < bits; ++r)
+            layouts[s][r] = cur[r];
+          break;
+        }
+    }
+    int last[8] = {};
+    for (int r = 0; r < bits; ++r)
+      last[r] = cur[r];
+    last[0] = m; // g0, g1, g2, k0 in lanes 0 … 3
+    last[1] = m + 1;
+    last[2] = m + 2;
+    last[3] = 0;
+    if (s == 0)
+      t.pair_bit[s++] = -1;
+    for (int r = 0; r < bits; ++r)
+      layouts[s][r] = last[r];
+    t.stages = s;
+    for (int st = 0; st < s; ++st) {
+      fill(t.fwd[st], layouts[st], layouts[st + 1], t.pair_bit[st]);
+      fill(t.inv[st], layouts[st + 1], layouts[st], t.pair_bit[st]);
+    }
+    for (int k = 0; k < G; ++k) {
+      const int p = position(last, k); // element (g = 0, k)
+      t.row_vector[k] = p >> 4;
+      t.row_half[k] = (p >> 3) & 1;
+    }
+    return t;
+  }
+  static constexpr tables_t tables = build();
+};
+
+// The maskz_ forms with all-ones masks below are the plain intrinsics; GCC 12 warns (-Wmaybe-uninitialized, GCC
+// bug 105593) about the "undefined" pass-through operand the plain forms use.
+template <int G>
+__attribute__((always_inline)) inline void ga_permute(__m512* z, const std::int32_t (*idx)[16], int pair_bit) {
+  constexpr int n = G / 2;
+  if (pair_bit < 0) {
+    z[0] = _mm512_maskz_permutexvar_ps(0xFFFF, _mm512_load_si512(idx[0]), z[0]);
+    return;
+  }
+  __m512 o[n];
+  for (int v = 0; v < n; ++v) {
+    const int a = v & ~(1 << pair_bit), b = v | (1 << pair_bit);
+    o[v] = _mm512_permutex2var_ps(z[a], _mm512_load_si512(idx[v]), z[b]);
+  }
+  for (int v = 0; v < n; ++v)
+    z[v] = o[v];
+}
+
+/// Advantages of 8 consecutive groups of G floats at x (8·G values) into y. Returns false, writing nothing, if a
+/// score is not finite (the sum of squared deviations is then NaN: finite floats cannot overflow it in double).
+template <int G>
+__attribute__((always_inline)) inline bool ga_block8(const float* x, float* y, const uniform_params& p) {
+  constexpr auto& plan = ga_transpose_plan<G>::tables;
+  constexpr int nv = G / 2;
+  __m512 z[nv];
+  for (int v = 0; v < nv; ++v)
+    z[v] = _mm512_loadu_ps(x + 16 * v);
+  for (int st = 0; st < plan.stages; ++st)
+    ga_permute<G>(z, plan.fwd[st], plan.pair_bit[st]);
+  __m512d r[G], t[G], q[G];
+  for (int k = 0; k < G; ++k) {
+    const __m512 h = z[plan.row_vector[k]];
+    r[k] =
+        plan.row_half[k]
+            ? _mm512_maskz_cvtps_pd(0xFF, _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(h), 1)))
+            : _mm512_maskz_cvtps_pd(0xFF, _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(h), 0)));
+  }
+  // Shifted sums about the group's first value: d_k = r_k − r_0, S1 = Σ d_k, S2 = Σ d_k², pairwise (short
+  // dependency chains), then ss = S2 − S1²/G. r_0 lies inside the group's range, so S2 ≤ G·range² ≤ 2G·ss and the
+  // subtraction loses at most log2(2G) bits: ss keeps ≥ 46 correct bits, and is exactly 0 iff the group is constant.
+  // G is a power of two, so · (1/G) is the exact division.
+  for (int k = 1; k < G; ++k) {
+    t[k] = _mm512_sub_pd(r[k], r[0]);
+    q[k] = _mm512_mul_pd(t[k], t[k]);
+  }
+  for (int w = G / 2; w >= 1; w /= 2) // pairwise over k = 1 … G − 1 (d_0 = 0 is never formed)
+    for (int k = 0; k < w; ++k) {
+      if (w == G / 2 && k == 0) {
+        t[0] = t[w];
+        q[0] = q[w];
+      } else {
+        t[k] = _mm512_add_pd(t[k], t[k + w]);
+        q[k] = _mm512_add_pd(q[k], q[k + w]);
+      }
+    }
+  const __m512d inv_g = _mm512_set1_pd(1.0 / G);
+  const __m512d s1 = t[0], s2 = q[0];
+  const __m512d mean = _mm512_fmadd_pd(s1, inv_g, r[0]);
+  const __m512d ss = _mm512_fnmadd_pd(_mm512_mul_pd(s1, s1), inv_g, s2);
+  // A non-finite score makes S2 (or S1) inf or NaN, hence ss inf or NaN; finite floats cannot overflow it in double.
+  if (_mm512_cmp_pd_mask(_mm512_sub_pd(ss, ss), _mm512_setzero_pd(), _CMP_NEQ_UQ))
+    return false;
+  __m512d f;
+  if (p.group_std) {
+    // var > 0 unless the group is constant (· 1/(n − 1) is within an ulp of the division)
+    const __m512d var =
+        _mm512_maskz_max_pd(0xFF, _mm512_mul_pd(ss, _mm512_set1_pd(1.0 / p.var_div)), _mm512_set1_pd(p.floor));
+    // sqrt(var) = var · rsqrt(var) and 1/(sqrt(var) + ε), each from a 14-bit estimate and two Newton steps
+    // (relative error below 1e-15); constant groups (var = 0 → NaN here) are masked to f = 0 below.
+    const __m512d half_var = _mm512_mul_pd(var, _mm512_set1_pd(0.5)), three_halves = _mm512_set1_pd(1.5);
+    __m512d rs = _mm512_maskz_rsqrt14_pd(0xFF, var);
+    rs = _mm512_mul_pd(rs, _mm512_fnmadd_pd(_mm512_mul_pd(half_var, rs), rs, three_halves));
+    rs = _mm512_mul_pd(rs, _mm512_fnmadd_pd(_mm512_mul_pd(half_var, rs), rs, three_halves));
+    const __m512d den = _mm512_add_pd(_mm512_mul_pd(var, rs), _mm512_set1_pd(p.epsilon));
+    const __m512d one = _mm512_set1_pd(1.0);
+    __m512d inv = _mm512_maskz_rcp14_pd(0xFF, den);
+    inv = _mm512_fmadd_pd(inv, _mm512_fnmadd_pd(den, inv, one), inv);
+    inv = _mm512_fmadd_pd(inv, _mm512_fnmadd_pd(den, inv, one), inv);
+    f = _mm512_mul_pd(inv, _mm512_set1_pd(p.factor));
+  } else {
+    f = _mm512_set1_pd(p.fixed);
+  }
+  f = _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(ss, _mm512_setzero_pd(), _CMP_NEQ_OQ), f); // constant group: 0
+  // (r − c)·f as r·f − c·f in one rounding: the error relative to the result stays below 2^-24 even for groups
+  // whose values differ in their last float bit.
+  const __m512d cf = _mm512_mul_pd(_mm512_mul_pd(mean, _mm512_set1_pd(p.center)), f);
+  for (int k = 0; k < G; ++k) {
+    const __m256 h = _mm512_maskz_cvtpd_ps(0xFF, _mm512_fmsub_pd(r[k], f, cf));
+    const int v = plan.row_vector[k];
+    const __m512d zv = _mm512_castps_pd(z[v]);
+    z[v] = _mm512_castpd_ps(plan.row_half[k] ? _mm512_mask_insertf64x4(zv, 0xFF, zv, _mm256_castps_pd(h), 1)
+                                             : _mm512_mask_insertf64x4(zv, 0xFF, zv, _mm256_castps_pd(h), 0));
+  }
+  for (int st = plan.stages - 1; st >= 0; --st)
+    ga_permute<G>(z, plan.inv[st], plan.pair_bit[st]);
+  for (int v = 0; v < nv; ++v)
+    _mm512_storeu_ps(y + 16 * v, z[v]);
+  return true;
+}
+
+/// Groups [g_begin, g_end) (g_end − g_begin a multiple of 8) of a uniform float layout; returns the first group of
+/// a block holding a non-finite score (that block and the ones after it are not written), or -1.
+template <int G>
+long long ga_uniform_blocks(const float* s, float* out, std::size_t g_begin, std::size_t g_end,
+                            const uniform_params& p) {
+  for (std::size_t g = g_begin; g < g_end; g += 8)
+    if (!ga_block8<G>(s + g * G, out + g * G, p))
+      return static_cast<long long>(g);
+  return -1;
+}
+
+#endif // HIR_CPU_AVX512
+
+/// Uniform layout of G floats per group, groups [g_begin, g_end): blocks of 8 groups on the fast path (each block
+/// checked for non-finite scores just before it is written), the rest group by group (checked first). Returns the
+/// first group of the block (or the tail) holding a non-finite score, which is not written, nor anything after it
+/// in the range; or -1.
+template <int G>
+long long uniform_range(const float* s, float* out, group_ref<host_space> groups, std::size_t g_begin,
+                        std::size_t g_end, const group_advantage_options& opt, const uniform_params& p,
+                        double batch_denominator) {
+#if HIR_CPU_AVX512
+  const std::size_t full = g_begin + (g_end - g_begin) / 8 * 8;
+  const long long bad = ga_uniform_blocks<G>(s, out, g_begin, full, p);
+  if (bad >= 0)
+    return bad;
+  g_begin = full;
+#else
+  (void)p;
+#endif
+  if (first_non_finite(s, g_begin * G, g_end * G) >= 0)
+    return static_cast<long long>(g_begin);
+  for (std::size_t g = g_begin; g < g_end; ++g)
+    hir::detail::group_advantages_one<true>(s, groups, g, out, opt, batch_denominator);
+  return -1;
+}
+
+/// All groups of a uniform float layout; returns the smallest group index uniform_range reported, or -1 (the
+/// smallest over all chunks when threaded, so the result does not depend on the thread count).
+template <int G>
+long long uniform_all(const float* s, float* out, group_ref<host_space> groups, const group_advantage_options& opt,
+                      const uniform_params& p, double batch_denominator) {
+  const std::size_t ng = groups.num_groups;
+#if defined(_OPENMP)
+  if (ng * G >= group_advantages_parallel_min) {
+    constexpr std::size_t per_chunk = group_advantages_chunk / G; // a multiple of 8
+    const long long chunks = static_cast<long long>((ng + per_chunk - 1) / per_chunk);
+    long long first = std::numeric_limits<long long>::max();
+#  pragma omp parallel for schedule(dynamic, 1) reduction(min : first)
+    for (long long c = 0; c < chunks; ++c) {
+      const std::size_t b = static_cast<std::size_t>(c) * per_chunk;
+      const long long bad = uniform_range<G>(s, out, groups, b, std::min(ng, b + per_chunk), opt, p, batch_denominator);
+      if (bad >= 0 && bad < first)
+        first = bad;
+    }
+    return first == std::numeric_limits<long long>::max() ? -1 : first;
+  }
+#endif
+  return uniform_range<G>(s, out, groups, 0, ng, opt, p, batch_denominator);
+}
+
+/// Whether the uniform fast path applies: float scores, AVX-512F, contiguous groups of 2, 4, 8, 16 or 32.
+template <class T>
+bool uniform_path_applies(group_ref<host_space> groups) {
+  const std::size_t G = groups.uniform_size;
+  return std::is_same_v<T, float> && HIR_CPU_AVX512 && groups.contiguous() &&
+         (G == 2 || G == 4 || G == 8 || G == 16 || G == 32);
+}
+
+/// The uniform fast path (uniform_path_applies<T> must hold). Returns the first group of the first block holding a
+/// non-finite score (see uniform_range), or -1; with validated scores always -1.
+template <class T>
+long long group_advantages_uniform(span<const T, host_space> scores, group_ref<host_space> groups,
+                                   span<T, host_space> out, const group_advantage_options& opt,
+                                   double batch_denominator) {
+  if constexpr (!std::is_same_v<T, float> || !HIR_CPU_AVX512) {
+    (void)scores, (void)groups, (void)out, (void)opt, (void)batch_denominator;
+    return -1;
+  } else {
+    const std::size_t G = groups.uniform_size;
+    const double dn = static_cast<double>(G);
+    const bool loo = opt.baseline == baseline_kind::leave_one_out;
+    uniform_params p{};
+    p.center = opt.baseline == baseline_kind::none ? 0.0 : 1.0;
+    p.group_std = opt.scale == scale_kind::group_std;
+    p.var_div = opt.std == std_kind::unbiased ? dn - 1.0 : dn;
+    p.floor = opt.variance_floor;
+    p.epsilon = opt.epsilon;
+    p.factor = loo ? dn / (dn - 1.0) : 1.0;
+    p.fixed = p.factor * (opt.scale == scale_kind::batch_std ? 1.0 / batch_denominator : 1.0);
+    const float* s = scores.data();
+    float* y = out.data();
+    switch (G) {
+    case 2:
+      return uniform_all<2>(s, y, groups, opt, p, batch_denominator);
+    case 4:
+      return uniform_all<4>(s, y, groups, opt, p, batch_denominator);
+    case 8:
+      return uniform_all<8>(s, y, groups, opt, p, batch_denominator);
+    case 16:
+      return uniform_all<16>(s, y, groups, opt, p, batch_denominator);
+    default:
+      return uniform_all<32>(s, y, groups, opt, p, batch_denominator);
+    }
+  }
+}
+
+/// The generic path: one group at a time through the kernel shared with the device backend.
+template <class T>
+void group_advantages_generic(span<const T, host_space> scores, group_ref<host_space> groups, span<T, host_space> out,
+                              const group_advantage_options& opt, double batch_denominator) {
+  const std::size_t ng = groups.num_groups;
+#if defined(_OPENMP)
+  if (scores.size() >= group_advantages_parallel_min && ng > 1) {
+    const long long n = static_cast<long long>(ng);
+    if (groups.contiguous()) {
+#  pragma omp parallel for schedule(dynamic, 4096)
+      for (long long g = 0; g < n; ++g)
+        hir::detail::group_advantages_one<true>(scores.data(), groups, static_cast<std::size_t>(g), out.data(), opt,
+                                                batch_denominator);
+    } else {
+#  pragma omp parallel for schedule(dynamic, 4096)
+      for (long long g = 0; g < n; ++g)
+        hir::detail::group_advantages_one<false>(scores.data(), groups, static_cast<std::size_t>(g), out.data(), opt,
+                                                 batch_denominator);
+    }
+    return;
+  }
+#endif
+  if (groups.contiguous())
+    for (std::size_t g = 0; g < ng; ++g)
+      hir::detail::group_advantages_one<true>(scores.data(), groups, g, out.data(), opt, batch_denominator);
+  else
+    for (std::size_t g = 0; g < ng; ++g)
+      hir::detail::group_advantages_one<false>(scores.data(), groups, g, out.data(), opt, batch_denominator);
+}
+
+/// The CPU computation with a choice of validation (as policy_loss's input_validation):
+///   before_writing  every score is checked by a read-only pass first; on a non-finite score `out` is untouched
+///   fused           on the uniform fast path each block of 8 groups is checked just before it is written (one read
+///                   pass fewer); on a non-finite score, groups of earlier blocks (of other chunks too, when
+///                   threaded) may already hold their advantages. Elsewhere it is before_writing.
+/// Either way the exception names the first non-finite score. group_advantages uses before_writing.
+template <class T>
+void group_advantages_cpu(span<const T, host_space> scores, group_ref<host_space> groups, span<T, host_space> out,
+                          group_advantage_options const& opt, input_validation validation) {
+  constexpr const char* fn = "group_advantages";
+  const bool fast = uniform_path_applies<T>(groups);
+  // batch_std reads every score before writing anyway, so it validates first in both modes.
+  const bool fused = validation == input_validation::fused && fast && opt.scale != scale_kind::batch_std;
+  if (fused)
+    validate_group_sizes(fn, groups, opt.singleton);
+  else
+    validate_group_scores(fn, scores, groups, opt.singleton);
+  double batch_denominator = 1.0;
+  if (opt.scale == scale_kind::batch_std)
+    batch_denominator = hir::detail::batch_denominator(batch_std(scores, opt.std), opt.epsilon);
+  if (!fast) {
+    group_advantages_generic(scores, groups, out, opt, batch_denominator);
+    return;
+  }
+  const long long bad_group = group_advantages_uniform(scores, groups, out, opt, batch_denominator);
+  if (bad_group >= 0) { // fused only: the first non-finite score lies in the reported block or after it
+    const std::size_t from = static_cast<std::size_t>(bad_group) * groups.uniform_size;
+    fail_non_finite(fn, scores, first_non_finite(scores.data(), from, scores.size()));
+  }
+}
+
 } // namespace detail
 
 template <class T>
 void group_advantages_impl(tag_t const&, span<const T, host_space> scores, group_ref<host_space> groups,
                            span<T, host_space> out, group_advantage_options const& opt) {
-  detail::validate_group_scores("group_advantages", scores, groups, opt.singleton);
-  double batch_denominator = 1.0;
-  if (opt.scale == scale_kind::batch_std)
-    batch_denominator = hir::detail::batch_denominator(detail::batch_std(scores, opt.std), opt.epsilon);
-  if (groups.contiguous())
-    for (std::size_t g = 0; g < groups.num_groups; ++g)
-      hir::detail::group_advantages_one<true>(scores.data(), groups, g, out.data(), opt, batch_denominator);
-  else
-    for (std::size_t g = 0; g < groups.num_groups; ++g)
-      hir::detail::group_advantages_one<false>(scores.data(), groups, g, out.data(), opt, batch_denominator);
+  detail::group_advantages_cpu(scores, groups, out, opt, opt.validation);
 }
 
 } // namespace cpu
