@@ -189,8 +189,115 @@ void BM_Generate(benchmark::State& state) {
   state.SetLabel(hir::nn::detail::gemm_name());
 }
 
+// ---- the end-to-end trainer's model (apps/hir_train): V 363, context 32, C 96, 3 layers, 4 heads ----------------
+
+hir::nn::transformer_config rl_config() {
+  hir::nn::transformer_config c;
+  c.vocab = 363;
+  c.context = 32;
+  c.channels = 96;
+  c.layers = 3;
+  c.heads = 4;
+  return c;
+}
+
+constexpr std::size_t rl_rows = 128, rl_seq = 30, rl_prompt = 10, rl_new = 20, rl_minibatches = 2;
+
+/// The transformer work of one RL step of hir_train at its default sizes: generation of 128 rows (prompts of 5–10
+/// tokens, up to 20 new tokens, no stop token: every row runs to the end, the worst case), the reference model's
+/// forward over 128 × 30 tokens, and 2 optimizer steps (forward + backward from dL/dlogp + clip + AdamW) over 64 × 30
+/// tokens each. Reports seconds per RL step and each part (gen_ms, ref_ms, update_ms); `part` selects what is timed
+/// (0: the whole step, 1: generation, 2: reference forward, 3: the two updates).
+void BM_RLStep(benchmark::State& state) {
+  const int threads = static_cast<int>(state.range(0));
+  const int part = static_cast<int>(state.range(1));
+  hir::bench::set_threads(threads);
+  const auto cfg = rl_config();
+  hir::nn::model<float> policy(cfg, rl_rows, rl_seq), ref(cfg, rl_rows, rl_seq);
+  policy.init_parameters(11);
+  ref.init_parameters(11);
+  hir::nn::adamw_state<float> opt(policy.params_layout());
+  hir::nn::generator<float> gen(cfg, rl_rows, rl_seq);
+  const auto prompts = random_tokens(rl_rows * rl_prompt, cfg.vocab, 12);
+  std::vector<std::size_t> plen(rl_rows);
+  std::vector<std::uint64_t> ids(rl_rows);
+  for (std::size_t r = 0; r < rl_rows; ++r) {
+    plen[r] = 5 + r % 6;
+    ids[r] = r;
+  }
+  std::vector<hir::nn::token_t> out(rl_rows * rl_new), tokens(rl_rows * rl_seq), targets(rl_rows * rl_seq);
+  std::vector<float> lp(rl_rows * rl_new), ent(rl_rows * rl_new), dlogp(rl_rows * rl_seq);
+  std::vector<std::size_t> len(rl_rows);
+  hir::nn::generation_options gopt;
+  gopt.max_new_tokens = rl_new;
+  const hir::nn::adamw_options aopt;
+  double t_gen = 0, t_ref = 0, t_upd = 0;
+  using clock = std::chrono::steady_clock;
+  const auto ms = [](clock::time_point a, clock::time_point b) {
+    return std::chrono::duration<double, std::milli>(b - a).count();
+  };
+  const auto step = [&](bool timed) {
+    const auto t0 = clock::now();
+    if (part == 0 || part == 1) {
+      gen.generate(policy, prompts, plen, ids, rl_rows, rl_prompt, gopt, hir::view(out), hir::view(lp), hir::view(ent),
+                   hir::view(len));
+      ++gopt.seed;
+    }
+    // Sequences: prompt, response, padding (token 0, no target); targets are the next tokens of the response.
+    for (std::size_t r = 0; r < rl_rows; ++r)
+      for (std::size_t t = 0; t < rl_seq; ++t) {
+        const std::size_t pl = plen[r];
+        const auto at = [&](std::size_t u) -> hir::nn::token_t {
+          return u < pl ? prompts[r * rl_prompt + u] : (u - pl < len[r] ? out[r * rl_new + u - pl] : 0);
+        };
+        tokens[r * rl_seq + t] = at(t);
+        targets[r * rl_seq + t] = t + 1 >= pl && t + 1 < pl + len[r] && t + 1 < rl_seq ? at(t + 1) : -1;
+        dlogp[r * rl_seq + t] = targets[r * rl_seq + t] >= 0 ? -1.0f / 1280.0f : 0.0f;
+      }
+    const auto t1 = clock::now();
+    if (part == 0 || part == 2)
+      ref.forward(tokens, targets, rl_rows, rl_seq);
+    const auto t2 = clock::now();
+    if (part == 0 || part == 3)
+      for (std::size_t mb = 0; mb < rl_minibatches; ++mb) {
+        const std::size_t r0 = rl_rows * mb / rl_minibatches, n = rl_rows / rl_minibatches;
+        policy.forward(hir::span<const hir::nn::token_t>(tokens.data() + r0 * rl_seq, n * rl_seq),
+                       hir::span<const hir::nn::token_t>(targets.data() + r0 * rl_seq, n * rl_seq), n, rl_seq);
+        policy.backward(hir::span<const float>(dlogp.data() + r0 * rl_seq, n * rl_seq));
+        hir::nn::clip_grad_norm(hir::cpu, policy.gradients(), 1.0);
+        opt.update(hir::cpu, policy.parameters(), policy.gradients(), aopt, 1e-5);
+        policy.zero_grad();
+      }
+    const auto t3 = clock::now();
+    if (timed) {
+      t_gen += ms(t0, t1);
+      t_ref += ms(t1, t2);
+      t_upd += ms(t2, t3);
+    }
+  };
+  for (std::size_t r = 0; r < rl_rows; ++r)
+    len[r] = rl_new;
+  for (int i = 0; i < 3; ++i)
+    step(false);
+  const auto before = hir::bench::alloc_now();
+  for (auto _ : state)
+    step(true);
+  hir::bench::report_allocs(state, before);
+  const double it = static_cast<double>(state.iterations());
+  state.counters["gen_ms"] = t_gen / it;
+  state.counters["ref_ms"] = t_ref / it;
+  state.counters["update_ms"] = t_upd / it;
+  state.counters["step_ms"] = (t_gen + t_ref + t_upd) / it;
+  state.SetLabel(hir::nn::detail::gemm_name());
+}
+
 } // namespace
 
 BENCHMARK(BM_TrainStep)->ArgName("threads")->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_MatmulLayers)->ArgName("threads")->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_Generate)->ArgName("threads")->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_RLStep)
+    ->ArgNames({"threads", "part"})
+    ->ArgsProduct({{1, 2}, {0, 1, 2, 3}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();

@@ -188,9 +188,9 @@ TEST_CASE_TEMPLATE("rewards: satisfaction rates on ragged groups match the refer
     stride += rng() % 3; // slots past every count are 0
     stride = std::min<std::size_t>(stride, 64);
     const verdicts_on<B> dv(batch);
-    const hir::group_storage<B> groups(B{}, layout);
+    const hir::group_storage<B> dgroups(B{}, layout);
     const auto rates = on_backend<B, double>(
-        layout.num_groups() * stride, [&](auto o) { hir::satisfaction_rates(B{}, dv.ref(), groups.ref(), stride, o); },
+        layout.num_groups() * stride, [&](auto o) { hir::satisfaction_rates(B{}, dv.ref(), dgroups.ref(), stride, o); },
         -1.0);
     CAPTURE(trial);
     HIR_CHECK_CLOSE(rates, hir::ref::satisfaction_rates(pv, pids, stride), 0.0, 1e-15);

@@ -40,6 +40,11 @@ inline Eigen::Index ei(std::size_t v) {
   return static_cast<Eigen::Index>(v);
 }
 
+/// Rows per thread of a matrix product whose rows cost 2·K·N FLOP each: at least 16 and ~2 MFLOP of work.
+inline std::size_t matmul_grain(std::size_t K, std::size_t N) {
+  return std::max<std::size_t>(16, std::size_t{1000000} / std::max<std::size_t>(1, K * N));
+}
+
 /// Throws unless `size == expected`.
 inline void need(const char* fn, const char* what, std::size_t size, const char* shape, std::size_t expected) {
   hir::detail::check_size(fn, what, size, shape, expected);
@@ -125,8 +130,9 @@ void layernorm_forward(backend::cpu::tag_t const&, span<T> out, span<T> mean, sp
   detail::need(fn, "weight.size()", weight.size(), "C", C);
   detail::need(fn, "bias.size()", bias.size(), "C", C);
   const detail::const_array_map<T> w(weight.data(), detail::ei(C)), bi(bias.data(), detail::ei(C));
-  // (N, C)
-  nn::detail::parallel_for(N, 64, [&](std::size_t b, std::size_t e) {
+  // (N, C), at least ~16 K elements per thread
+  const std::size_t grain = std::max<std::size_t>(64, 16384 / std::max<std::size_t>(C, 1));
+  nn::detail::parallel_for(N, grain, [&](std::size_t b, std::size_t e) {
     for (std::size_t i = b; i < e; ++i) {
       const detail::const_array_map<T> x(inp.data() + i * C, detail::ei(C));
       const T m = x.mean();
@@ -157,7 +163,8 @@ void layernorm_backward(backend::cpu::tag_t const&, span<T> dinp, span<T> dweigh
   detail::need(fn, "rstd.size()", rstd.size(), "N", N);
   const detail::const_array_map<T> w(weight.data(), detail::ei(C));
   // Rows in parallel: dinp = rstd · (g − mean(g) − x̂ · mean(g · x̂)) with g = dout · weight.
-  nn::detail::parallel_for(N, 64, [&](std::size_t b, std::size_t e) {
+  const std::size_t grain = std::max<std::size_t>(64, 16384 / std::max<std::size_t>(C, 1));
+  nn::detail::parallel_for(N, grain, [&](std::size_t b, std::size_t e) {
     for (std::size_t i = b; i < e; ++i) {
       const detail::const_array_map<T> x(inp.data() + i * C, detail::ei(C)), d(dout.data() + i * C, detail::ei(C));
       const auto xhat = (x - mean[i]) * rstd[i];
@@ -195,19 +202,13 @@ void matmul_forward(backend::cpu::tag_t const&, span<T> out, in_span<T> inp, in_
   if (!bias.empty())
     detail::need(fn, "bias.size()", bias.size(), "OC", OC);
   nn::detail::blas_single_thread();
-  // (N, OC) rows split across threads; each block is one GEMM.
+  // (N, OC) rows split across threads; each block is one GEMM (with the bias in its epilogue). A thread takes at
+  // least ~2 MFLOP (tens of µs), so the small products of decoding run on one thread instead of paying for a region.
   nn::detail::parallel_for(
-      N, 64,
+      N, detail::matmul_grain(C, OC),
       [&](std::size_t b, std::size_t e) {
-        T beta = T(0);
-        if (!bias.empty()) {
-          const detail::const_array_map<T> bi(bias.data(), detail::ei(OC));
-          for (std::size_t i = b; i < e; ++i)
-            detail::array_map<T>(out.data() + i * OC, detail::ei(OC)) = bi;
-          beta = T(1);
-        }
-        nn::detail::gemm<T>(false, true, e - b, OC, C, T(1), inp.data() + b * C, C, weight.data(), C, beta,
-                            out.data() + b * OC, OC);
+        nn::detail::gemm<T>(false, true, e - b, OC, C, T(1), inp.data() + b * C, C, weight.data(), C, T(0),
+                            out.data() + b * OC, OC, bias.empty() ? nullptr : bias.data());
       },
       16);
 }
@@ -232,7 +233,7 @@ void matmul_backward(backend::cpu::tag_t const&, span<T> dinp, span<T> dweight, 
   // (N, C) = (N, OC) · (OC, C), rows split across threads.
   if (!dinp.empty())
     nn::detail::parallel_for(
-        N, 64,
+        N, detail::matmul_grain(C, OC),
         [&](std::size_t b, std::size_t e) {
           nn::detail::gemm<T>(false, false, e - b, C, OC, T(1), dout.data() + b * OC, OC, weight.data(), C, T(0),
                               dinp.data() + b * C, C);
@@ -240,7 +241,7 @@ void matmul_backward(backend::cpu::tag_t const&, span<T> dinp, span<T> dweight, 
         16);
   // (OC, C) += (OC, N) · (N, C), output rows split across threads; the bias gradient of the same rows alongside.
   nn::detail::parallel_for(
-      OC, 16,
+      OC, detail::matmul_grain(C, N),
       [&](std::size_t o0, std::size_t o1) {
         nn::detail::gemm<T>(true, false, o1 - o0, C, N, T(1), dout.data() + o0, OC, inp.data(), C, T(1),
                             dweight.data() + o0 * C, C);
