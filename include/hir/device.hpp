@@ -14,8 +14,17 @@
 #include <hir/core/tokens.hpp>
 #include <hir/version.hpp>
 
+#include <hir/advantages/constraint_normalized.hpp>
 #include <hir/advantages/group_advantages.hpp>
+#include <hir/advantages/reinforce_pp.hpp>
+#include <hir/losses/policy_loss.hpp>
+#include <hir/relabel/replay_batch.hpp>
+#include <hir/relabel/select.hpp>
 #include <hir/rewards/reward_vector.hpp>
 
+#include <hir/backend/device/constraint_normalized.hpp>
 #include <hir/backend/device/group_advantages.hpp>
+#include <hir/backend/device/policy_loss.hpp>
+#include <hir/backend/device/reinforce_pp.hpp>
+#include <hir/backend/device/relabel.hpp>
 #include <hir/backend/device/rewards.hpp>
