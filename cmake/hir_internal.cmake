@@ -22,9 +22,9 @@ option(HIR_TEST_CPU "Build the CPU test executables (the CUDA preset turns it of
 option(HIR_NATIVE "Compile hir's benchmarks and apps with -march=native" ON)
 function(hir_target_native target)
   if(HIR_NATIVE)
-    # Eigen 3.4's AVX-512 kernels trip GCC 12's -Wmaybe-uninitialized (GCC bug 105593, _mm512_undefined_*):
+    # Eigen 3.4's AVX-512 kernels trip GCC 12's -W(maybe-)uninitialized (GCC bug 105593, _mm512_undefined_*):
     # a false positive in Eigen's and GCC's headers, silenced for -march=native builds only.
-    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-march=native -Wno-maybe-uninitialized>
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-march=native -Wno-maybe-uninitialized -Wno-uninitialized>
                                              $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-march=native>)
   endif()
 endfunction()
