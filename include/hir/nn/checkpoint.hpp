@@ -88,6 +88,8 @@ struct checkpoint_writer {
   std::uint64_t hash = fnv_offset;
   bool ok = true;
   void bytes(const void* p, std::size_t n) {
+    if (n == 0) // an empty section or blob: p may be null, which fwrite must not be given
+      return;
     hash = fnv1a(hash, static_cast<const unsigned char*>(p), n);
     ok = ok && std::fwrite(p, 1, n, f) == n;
   }
