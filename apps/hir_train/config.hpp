@@ -171,11 +171,12 @@ inline void from_json(const nlohmann::json& j, variant_config& v) {
 
 #define HIR_TRAIN_FIELDS(X)                                                                                            \
   X(seed)                                                                                                              \
-  X(warm_pool) X(rl_pool) X(eval_pool) X(p_meet) X(min_constraints) X(max_constraints) X(context) X(channels)          \
-      X(layers) X(heads) X(warm_steps) X(warm_batch) X(warm_lr) X(warm_min_lr) X(warm_warmup) X(prompts_per_step)      \
-          X(rollout_budget) X(max_new_tokens) X(lr) X(weight_decay) X(grad_clip) X(minibatches) X(clip) X(dual_clip)   \
-              X(kl_coef) X(temperature) X(eval_every) X(eval_samples_per_prompt) X(checkpoint_every) X(threads)        \
-                  X(ila_levels) X(seeds)
+  X(warm_pool)                                                                                                         \
+  X(rl_pool) X(eval_pool) X(p_meet) X(min_constraints) X(max_constraints) X(context) X(channels) X(layers) X(heads)    \
+      X(warm_steps) X(warm_batch) X(warm_lr) X(warm_min_lr) X(warm_warmup) X(prompts_per_step) X(rollout_budget)       \
+          X(max_new_tokens) X(lr) X(weight_decay) X(grad_clip) X(minibatches) X(clip) X(dual_clip) X(kl_coef)          \
+              X(temperature) X(eval_every) X(eval_samples_per_prompt) X(checkpoint_every) X(threads) X(ila_levels)     \
+                  X(seeds)
 
 inline void to_json(nlohmann::json& j, const trainer_config& c) {
   j = nlohmann::json::object();

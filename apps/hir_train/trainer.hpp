@@ -268,8 +268,10 @@ inline void experiment::prepare(const std::function<void(const std::string&)>& l
                         {"warm_lr", cfg_.warm_lr},
                         {"warm_min_lr", cfg_.warm_min_lr},
                         {"warm_warmup", cfg_.warm_warmup},
-                        {"max_new_tokens", cfg_.max_new_tokens}, {"eval_pool", cfg_.eval_pool},
-                        {"eval_samples_per_prompt", cfg_.eval_samples_per_prompt}, {"temperature", cfg_.temperature}};
+                        {"max_new_tokens", cfg_.max_new_tokens},
+                        {"eval_pool", cfg_.eval_pool},
+                        {"eval_samples_per_prompt", cfg_.eval_samples_per_prompt},
+                        {"temperature", cfg_.temperature}};
   const std::string key_text = key.dump();
   nn::adamw_state<float> opt(base_.params_layout());
   if (std::filesystem::exists(path)) {

@@ -21,8 +21,8 @@ void BM_DeviceCopy(benchmark::State& state) {
   thrust::device_vector<float> a(n, 1.0f), b(n);
   hir::bench::device_timer timer;
   for (auto _ : state)
-    timer.time(state, [&] { thrust::copy(hir::backend::device::detail::policy(hir::device), a.begin(), a.end(),
-                                         b.begin()); });
+    timer.time(state,
+               [&] { thrust::copy(hir::backend::device::detail::policy(hir::device), a.begin(), a.end(), b.begin()); });
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * n * 8));
 }
 

@@ -14,21 +14,21 @@
 
 #include <hir/backend/cpu/tag.hpp>
 
-#include <hir/advantages/group_advantages.hpp>
 #include <hir/advantages/constraint_normalized.hpp>
+#include <hir/advantages/group_advantages.hpp>
 #include <hir/advantages/reinforce_pp.hpp>
+#include <hir/losses/policy_loss.hpp>
 #include <hir/losses/preference.hpp>
 #include <hir/relabel/hindsight.hpp>
 #include <hir/relabel/instruction.hpp>
 #include <hir/relabel/replay_batch.hpp>
 #include <hir/relabel/select.hpp>
-#include <hir/losses/policy_loss.hpp>
 #include <hir/rewards/reward_vector.hpp>
 
-#include <hir/backend/cpu/group_advantages.hpp>
 #include <hir/backend/cpu/constraint_normalized.hpp>
-#include <hir/backend/cpu/reinforce_pp.hpp>
-#include <hir/backend/cpu/preference.hpp>
-#include <hir/backend/cpu/relabel.hpp>
+#include <hir/backend/cpu/group_advantages.hpp>
 #include <hir/backend/cpu/policy_loss.hpp>
+#include <hir/backend/cpu/preference.hpp>
+#include <hir/backend/cpu/reinforce_pp.hpp>
+#include <hir/backend/cpu/relabel.hpp>
 #include <hir/backend/cpu/rewards.hpp>

@@ -137,8 +137,7 @@ TEST_CASE_TEMPLATE("rewards: instruction, constraint and weighted rewards match 
     hir::weighted_reward_options soft;
     soft.level = hir::weighted_reward_options::kind::instruction_level;
     soft.threshold = 0.6;
-    auto wila =
-        on_backend<B, double>(n, [&](auto o) { hir::weighted_rewards(B{}, dv.ref(), cw, stride, o, soft); });
+    auto wila = on_backend<B, double>(n, [&](auto o) { hir::weighted_rewards(B{}, dv.ref(), cw, stride, o, soft); });
     for (std::size_t i = 0; i < n; ++i) {
       std::vector<double> wi(w.begin() + static_cast<long>(i * stride),
                              w.begin() + static_cast<long>(i * stride + v[i].size()));
@@ -197,7 +196,8 @@ TEST_CASE_TEMPLATE("rewards: satisfaction rates on ragged groups match the refer
   }
 }
 
-#if !HIR_TEST_DEVICE // host-array error cases (the device backend's validation is exercised by the device advantages tests)
+#if !HIR_TEST_DEVICE // host-array error cases (the device backend's validation is exercised by the device advantages
+                     // tests)
 TEST_CASE_TEMPLATE("rewards: invalid verdicts and bad arguments throw and write nothing", B, HIR_TEST_BACKEND) {
   const std::vector<double> sentinel = {9, 9, 9};
   std::vector<double> out = sentinel;

@@ -18,8 +18,8 @@
 
 #include <hir/advantages/group_advantages.hpp>
 #include <hir/backend/cpu/tag.hpp>
-#include <hir/detail/group_kernels.hpp>
 #include <hir/core/validation.hpp>
+#include <hir/detail/group_kernels.hpp>
 
 #include <algorithm>
 #include <cmath>

@@ -108,8 +108,8 @@ bool group_advantages_uniform_cuda(const T* s, T* out, std::size_t n, std::size_
   }
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess)
-    throw hir::cuda_error(static_cast<int>(err), std::string("hir::group_advantages: kernel launch failed: ") +
-                                                     cudaGetErrorString(err));
+    throw hir::cuda_error(static_cast<int>(err),
+                          std::string("hir::group_advantages: kernel launch failed: ") + cudaGetErrorString(err));
   return true;
 }
 
