@@ -5,6 +5,7 @@
 // against the naive double reference; agreement of the fast and generic paths; independence of the thread count;
 // in-place use; a non-finite score anywhere (first block, a late block, the tail) is reported by index with `out`
 // untouched.
+#include "group_presets.hpp"
 #include "support/backends.hpp"
 #include "support/compare.hpp"
 #include "support/reference.hpp"
@@ -24,21 +25,7 @@
 
 namespace {
 
-hir::ref::group_norm_config to_ref(const hir::group_advantage_options& o) {
-  hir::ref::group_norm_config c;
-  c.baseline = o.baseline == hir::baseline_kind::group_mean      ? hir::ref::group_norm_config::mean
-               : o.baseline == hir::baseline_kind::leave_one_out ? hir::ref::group_norm_config::loo
-                                                                 : hir::ref::group_norm_config::none;
-  c.scale = o.scale == hir::scale_kind::group_std   ? hir::ref::group_norm_config::group
-            : o.scale == hir::scale_kind::batch_std ? hir::ref::group_norm_config::batch
-                                                    : hir::ref::group_norm_config::unit;
-  c.unbiased = o.std == hir::std_kind::unbiased;
-  c.eps = o.epsilon;
-  c.var_floor = o.variance_floor;
-  c.singleton = o.singleton == hir::singleton_policy::raw_score ? hir::ref::group_norm_config::raw
-                                                                : hir::ref::group_norm_config::zero;
-  return c;
-}
+using hir::test::to_ref;
 
 std::vector<float> run(const std::vector<float>& s, const hir::group_layout& layout,
                        const hir::group_advantage_options& o) {
@@ -90,24 +77,8 @@ std::vector<float> awkward_scores(std::mt19937_64& rng, std::size_t groups, std:
   return s;
 }
 
-const std::vector<std::pair<const char*, hir::group_advantage_options>> all_options = {
-    {"verl_grpo", hir::presets::verl_grpo()},
-    {"verl_grpo_vectorized", hir::presets::verl_grpo_vectorized()},
-    {"trl_grpo", hir::presets::trl_grpo()},
-    {"trl_grpo_batch", hir::presets::trl_grpo_batch()},
-    {"trl_dr_grpo", hir::presets::trl_dr_grpo()},
-    {"openrlhf_group_norm", hir::presets::openrlhf_group_norm()},
-    {"verl_rloo", hir::presets::verl_rloo()},
-    {"biased std, eps 0",
-     {hir::baseline_kind::group_mean, hir::scale_kind::group_std, hir::std_kind::biased, 0.0, 0.0,
-      hir::singleton_policy::zero}},
-    {"loo, group std",
-     {hir::baseline_kind::leave_one_out, hir::scale_kind::group_std, hir::std_kind::unbiased, 1e-3, 0.0,
-      hir::singleton_policy::zero}},
-    {"no baseline, group std",
-     {hir::baseline_kind::none, hir::scale_kind::group_std, hir::std_kind::unbiased, 1e-6, 0.0,
-      hir::singleton_policy::zero}},
-};
+/// Every option set of the advantage tests (tests/advantages/group_presets.hpp).
+const auto& all_options = hir::test::group_presets();
 
 } // namespace
 

@@ -755,7 +755,8 @@ TEST_CASE_TEMPLATE("policy_loss: bad input throws before writing", Bk, HIR_TEST_
     bad([](auto& p) { p.validation = static_cast<hir::input_validation>(9); }, "validation = 9");
   }
   SUBCASE("the gradient may not overlap an input") {
-    auto d_mask = hir::test::upload<Bk>(good.mask), d_logp = hir::test::upload<Bk>(good.logp);
+    auto d_mask = hir::test::upload<Bk>(good.mask); // two declarations: the types differ (nvcc rejects one `auto`)
+    auto d_logp = hir::test::upload<Bk>(good.logp);
     auto d_old = hir::test::upload<Bk>(good.old_logp), d_ref = hir::test::upload<Bk>(good.ref_logp);
     auto d_adv = hir::test::upload<Bk>(good.adv);
     hir::token_batch_ref<float, hir::memory_space_t<Bk>> ref;

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Per-group and per-token kernels of the advantage estimators, shared by the CPU loops and the device backend's
-// Thrust functors (host/device code): group-relative advantages of one group, the KL penalty of one REINFORCE++
-// token, the z-scores of one 0/1 constraint column.
+// Thrust functors (host/device code): group-relative advantages of one group; REINFORCE++'s KL reward of one token,
+// group-mean baseline of one group and whitening scale; GDPO's z-scores of one 0/1 constraint column and the
+// combined z-scores of a group's members.
 #pragma once
 
 #include <hir/advantages/constraint_normalized.hpp>
@@ -11,6 +12,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 
 namespace hir {
 namespace detail {
@@ -114,6 +116,37 @@ HIR_HOST_DEVICE inline double reinforce_kl_penalty(double old_logp, double ref_l
   return v;
 }
 
+/// −β·k_t: the KL part of one valid token's REINFORCE++ reward, in double.
+template <class T>
+HIR_HOST_DEVICE inline double reinforce_kl_reward(T old_logp, T ref_logp, const reinforce_pp_options& o) {
+  return -o.kl_coef * reinforce_kl_penalty(static_cast<double>(old_logp), static_cast<double>(ref_logp), o);
+}
+
+/// v[i] −= μ_g over the rows i of group g (the REINFORCE++ group-mean baselines); a group of one subtracts 0
+/// (singleton_policy::raw_score) or its own value.
+template <class Ref>
+HIR_HOST_DEVICE void reinforce_subtract_group_mean(const Ref& groups, std::size_t g, double* v,
+                                                   singleton_policy singleton) {
+  const std::size_t b = groups.begin(g), e = groups.end(g);
+  double mu = 0.0;
+  if (e - b == 1) {
+    mu = singleton == singleton_policy::raw_score ? 0.0 : v[groups.sample(b)];
+  } else {
+    for (std::size_t k = b; k < e; ++k)
+      mu += v[groups.sample(k)];
+    mu /= static_cast<double>(e - b);
+  }
+  for (std::size_t k = b; k < e; ++k)
+    v[groups.sample(k)] -= mu;
+}
+
+/// The whitening factor 1/sqrt(var + ε) or 1/sqrt(max(var, ε)) (whitening_epsilon), from the variance of the
+/// valid tokens' returns.
+inline double reinforce_whiten_scale(double var, const reinforce_pp_options& o) {
+  return 1.0 / std::sqrt(o.epsilon_kind == whitening_epsilon::add_to_variance ? var + o.epsilon
+                                                                              : (var > o.epsilon ? var : o.epsilon));
+}
+
 /// z-scores of one constraint column of a group: `k` of `n` members (n ≥ 2) meet it; `met` and `unmet` are
 /// (1 − μ)/(σ + ε) and (0 − μ)/(σ + ε). A constant column (k = 0 or k = n) gives exact zeros.
 HIR_HOST_DEVICE inline void constraint_column_z(unsigned k, unsigned n, const constraint_normalized_options& o,
@@ -128,6 +161,47 @@ HIR_HOST_DEVICE inline void constraint_column_z(unsigned k, unsigned n, const co
   const double sd = ::sqrt(ss / (o.std == std_kind::unbiased ? dn - 1.0 : dn));
   met = (1.0 - mu) / (sd + o.epsilon);
   unmet = (0.0 - mu) / (sd + o.epsilon);
+}
+
+/// The z-scores of every constraint column of group g: member i's combined score is
+/// r_i = Σ_c w_c·(bit c of masks[i] ? met[c] : unmet[c]) (constraint_member_sum). A group of one gets met = 1/(1 + ε)
+/// (singleton_policy::raw_score: μ = 0, σ = 1) or 0, and unmet = 0. Returns the group's constraint count (that of its
+/// first member; validated equal for all). `met` and `unmet` hold max_constraints entries.
+template <class Ref>
+HIR_HOST_DEVICE unsigned constraint_group_z(const std::uint64_t* masks, const std::uint8_t* counts, const Ref& groups,
+                                            std::size_t g, const constraint_normalized_options& o, double* met,
+                                            double* unmet) {
+  const std::size_t b = groups.begin(g), e = groups.end(g), size = e - b;
+  const unsigned n = counts[groups.sample(b)];
+  if (size == 1) {
+    const double z = o.singleton == singleton_policy::raw_score ? 1.0 / (1.0 + o.epsilon) : 0.0;
+    for (unsigned c = 0; c < n; ++c) {
+      met[c] = z;
+      unmet[c] = 0.0;
+    }
+    return n;
+  }
+  unsigned count[max_constraints];
+  for (unsigned c = 0; c < n; ++c)
+    count[c] = 0;
+  for (std::size_t k = b; k < e; ++k) {
+    const std::uint64_t m = masks[groups.sample(k)];
+    for (unsigned c = 0; c < n; ++c)
+      count[c] += static_cast<unsigned>((m >> c) & 1u);
+  }
+  for (unsigned c = 0; c < n; ++c)
+    constraint_column_z(count[c], static_cast<unsigned>(size), o, met[c], unmet[c]);
+  return n;
+}
+
+/// r = Σ_c w_c·(bit c of `mask` ? met[c] : unmet[c]) over the n constraints, in double (w = nullptr: unit weights).
+template <class W>
+HIR_HOST_DEVICE double constraint_member_sum(std::uint64_t mask, unsigned n, const W* w, const double* met,
+                                             const double* unmet) {
+  double r = 0.0;
+  for (unsigned c = 0; c < n; ++c)
+    r += (w ? static_cast<double>(w[c]) : 1.0) * (((mask >> c) & 1u) ? met[c] : unmet[c]);
+  return r;
 }
 
 } // namespace detail

@@ -1,14 +1,18 @@
 // SPDX-License-Identifier: Apache-2.0
-// Per-token math of hir::policy_loss, shared by the CPU loops and (later) the device backend's Thrust functors:
-// an accurate branch-free float exp (with e^d − 1 and e^d − 1 − d without cancellation, for k3), the clipped
-// policy-gradient terms and the KL estimators with their analytic gradients. Everything is written with selects
+// Per-token math of hir::policy_loss, shared by the CPU loops and the device backend's Thrust functors: an accurate
+// branch-free float exp (with e^d − 1 and e^d − 1 − d without cancellation, for k3), the clipped policy-gradient
+// terms and the KL estimators with their analytic gradients; and the host-side pieces both backends share: the
+// arrays of a call, the normalizer and the result. Everything is written with selects
 // (no branches, no calls into libm for float) so g++ -O3 vectorizes the loops that call it.
 #pragma once
 
 #include <hir/config.hpp>
+#include <hir/core/span.hpp>
+#include <hir/core/tokens.hpp>
 #include <hir/losses/policy_loss.hpp>
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -19,6 +23,77 @@ namespace detail {
 // Selects are written so that every ordered comparison (<, >) is evaluated unconditionally and "is a clamp active"
 // is tested by equality with the clamped value: with -ftrapping-math (the default) g++ will not if-convert an
 // ordered comparison that runs on one side of a ?: or && only, and the loop would not vectorize.
+/// The arrays of one policy_loss call as raw pointers into memory space `Space` (host_space for the CPU loops,
+/// device_space for the Thrust functors). `old` is logp when old_logp is absent (reinforce), so ℓ = 0.
+template <class T, class Space>
+struct policy_loss_arrays {
+  const T* logp;
+  const T* old;
+  const T* ref; ///< nullptr when no KL term
+  const std::uint8_t* mask;
+  const T* adv;
+  bool token_adv; ///< advantages per token (B·L) rather than per sequence (B)
+  bool has_old;   ///< old_logp was given
+  std::size_t batch, length;
+};
+
+template <class T, class Space>
+policy_loss_arrays<T, Space> make_policy_loss_arrays(const token_batch_ref<T, Space>& tokens,
+                                                     span<const T, Space> advantages, const policy_loss_options& opt) {
+  const std::size_t n = tokens.batch * tokens.length;
+  policy_loss_arrays<T, Space> in{};
+  in.logp = tokens.logp.data();
+  in.has_old = !tokens.old_logp.empty();
+  in.old = in.has_old ? tokens.old_logp.data() : tokens.logp.data();
+  in.ref = opt.kl != kl_estimator::none ? tokens.ref_logp.data() : nullptr;
+  in.mask = tokens.mask.data();
+  in.adv = advantages.data();
+  in.token_adv = advantages.size() == n && n != tokens.batch; // L == 1: both layouts are the same array
+  in.batch = tokens.batch;
+  in.length = tokens.length;
+  return in;
+}
+
+/// The loss normalizer: opt.normalizer when set, else the valid tokens, valid sequences or L by the aggregation.
+inline double policy_loss_normalizer(const policy_loss_options& opt, std::size_t valid_tokens,
+                                     std::size_t valid_sequences, std::size_t length) {
+  if (opt.normalizer != 0.0)
+    return opt.normalizer;
+  switch (opt.aggregation) {
+  case loss_aggregation::token_mean:
+    return static_cast<double>(valid_tokens);
+  case loss_aggregation::seq_mean_token_mean:
+  case loss_aggregation::seq_mean_token_sum:
+    return static_cast<double>(valid_sequences);
+  case loss_aggregation::seq_sum_constant:
+    break;
+  }
+  return static_cast<double>(length);
+}
+
+/// The result from the sums of the token pass (`s` has doubles pg, kl, kl_plain, ratio, log_ratio, low, high, dual).
+template <class Sums>
+policy_loss_result make_policy_loss_result(const policy_loss_options& opt, const Sums& s, std::size_t valid_tokens,
+                                           std::size_t valid_sequences, double normalizer) {
+  policy_loss_result res;
+  const double nt = static_cast<double>(valid_tokens);
+  res.pg_loss = s.pg;
+  res.kl_loss = opt.kl != kl_estimator::none ? s.kl : 0.0;
+  res.loss = res.pg_loss + opt.kl_coef * res.kl_loss;
+  if (valid_tokens > 0) {
+    res.clip_fraction_low = s.low / nt;
+    res.clip_fraction_high = s.high / nt;
+    res.dual_clip_fraction = s.dual / nt;
+    res.approx_kl = -s.log_ratio / nt;
+    res.mean_ratio = s.ratio / nt;
+    res.mean_kl = opt.kl != kl_estimator::none ? s.kl_plain / nt : 0.0;
+  }
+  res.valid_tokens = valid_tokens;
+  res.valid_sequences = valid_sequences;
+  res.normalizer = normalizer;
+  return res;
+}
+
 /// min(a, b); a NaN `a` propagates.
 template <class T>
 HIR_HOST_DEVICE inline T min_of(T a, T b) {

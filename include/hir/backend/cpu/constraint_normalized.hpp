@@ -17,40 +17,17 @@ namespace backend {
 namespace cpu {
 namespace detail {
 
-/// Calls f(sample, r_sample) for every sample, group by group, with r = Σ_c w_c z_c in double.
+/// Calls f(sample, r_sample) for every sample, group by group, with r = Σ_c w_c z_c in double (the shared
+/// hir::detail::constraint_group_z / constraint_member_sum, as on the device).
 template <class W, class F>
 void for_each_constraint_sum(verdict_ref<host_space> v, group_ref<host_space> groups, const W* w,
                              const constraint_normalized_options& o, F&& f) {
   double met[max_constraints], unmet[max_constraints];
-  unsigned count[max_constraints];
   for (std::size_t g = 0; g < groups.num_groups; ++g) {
-    const std::size_t b = groups.begin(g), e = groups.end(g), size = e - b;
-    const unsigned n = v.counts[groups.sample(b)];
-    if (size == 1) {
-      const std::size_t i = groups.sample(b);
-      double r = 0.0;
-      if (o.singleton == singleton_policy::raw_score) // μ = 0, σ = 1
-        for (unsigned c = 0; c < n; ++c)
-          r += (w ? static_cast<double>(w[c]) : 1.0) * (((v.masks[i] >> c) & 1u) ? 1.0 / (1.0 + o.epsilon) : 0.0);
-      f(i, r);
-      continue;
-    }
-    for (unsigned c = 0; c < n; ++c)
-      count[c] = 0;
-    for (std::size_t k = b; k < e; ++k) {
-      const std::uint64_t m = v.masks[groups.sample(k)];
-      for (unsigned c = 0; c < n; ++c)
-        count[c] += static_cast<unsigned>((m >> c) & 1u);
-    }
-    for (unsigned c = 0; c < n; ++c)
-      hir::detail::constraint_column_z(count[c], static_cast<unsigned>(size), o, met[c], unmet[c]);
-    for (std::size_t k = b; k < e; ++k) {
+    const unsigned n = hir::detail::constraint_group_z(v.masks.data(), v.counts.data(), groups, g, o, met, unmet);
+    for (std::size_t k = groups.begin(g), e = groups.end(g); k < e; ++k) {
       const std::size_t i = groups.sample(k);
-      const std::uint64_t m = v.masks[i];
-      double r = 0.0;
-      for (unsigned c = 0; c < n; ++c)
-        r += (w ? static_cast<double>(w[c]) : 1.0) * (((m >> c) & 1u) ? met[c] : unmet[c]);
-      f(i, r);
+      f(i, hir::detail::constraint_member_sum(v.masks[i], n, w, met, unmet));
     }
   }
 }

@@ -26,18 +26,9 @@ namespace backend {
 namespace cpu {
 namespace detail {
 
-/// The arrays of one call as raw host pointers. `old` is logp when old_logp is absent (reinforce), so ℓ = 0.
+/// The arrays of one call as raw host pointers (shared with the device backend).
 template <class T>
-struct policy_loss_arrays {
-  const T* logp;
-  const T* old;
-  const T* ref; ///< nullptr when no KL term
-  const std::uint8_t* mask;
-  const T* adv;
-  bool token_adv; ///< advantages per token (B·L) rather than per sequence (B)
-  bool has_old;   ///< old_logp was given
-  std::size_t batch, length;
-};
+using policy_loss_arrays = hir::detail::policy_loss_arrays<T, host_space>;
 
 /// 1 when v is ±inf or NaN (all exponent bits set), as an integer so that OR reductions vectorize.
 inline std::uint32_t non_finite_bit(float v) {
@@ -370,19 +361,9 @@ policy_loss_result policy_loss_impl(tag_t const&, token_batch_ref<T, host_space>
                                     policy_loss_options const& opt) {
   constexpr const char* fn = "policy_loss";
   const std::size_t n = tokens.batch * tokens.length;
-  detail::policy_loss_arrays<T> in{};
-  in.logp = tokens.logp.data();
-  in.has_old = !tokens.old_logp.empty();
-  in.old = in.has_old ? tokens.old_logp.data() : tokens.logp.data();
-  in.ref = opt.kl != kl_estimator::none ? tokens.ref_logp.data() : nullptr;
-  in.mask = tokens.mask.data();
-  in.adv = advantages.data();
-  in.token_adv = advantages.size() == n && n != tokens.batch; // L == 1: both layouts are the same array
-  in.batch = tokens.batch;
-  in.length = tokens.length;
-  policy_loss_result res;
+  const detail::policy_loss_arrays<T> in = hir::detail::make_policy_loss_arrays(tokens, advantages, opt);
   if (n == 0)
-    return res;
+    return {};
 
   // Counts needed before the weights: pass 1 gives them (and validates); fused mode counts the mask if needed.
   detail::policy_loss_counts counts;
@@ -396,21 +377,8 @@ policy_loss_result policy_loss_impl(tag_t const&, token_batch_ref<T, host_space>
   } else if (opt.normalizer == 0.0 && opt.aggregation != loss_aggregation::seq_sum_constant) {
     counts = detail::count_mask(in.mask, in.batch, in.length);
   }
-  double normalizer = opt.normalizer;
-  if (normalizer == 0.0) {
-    switch (opt.aggregation) {
-    case loss_aggregation::token_mean:
-      normalizer = static_cast<double>(counts.valid_tokens);
-      break;
-    case loss_aggregation::seq_mean_token_mean:
-    case loss_aggregation::seq_mean_token_sum:
-      normalizer = static_cast<double>(counts.valid_sequences);
-      break;
-    case loss_aggregation::seq_sum_constant:
-      normalizer = static_cast<double>(tokens.length);
-      break;
-    }
-  }
+  const double normalizer =
+      hir::detail::policy_loss_normalizer(opt, counts.valid_tokens, counts.valid_sequences, tokens.length);
 
   const auto p = hir::detail::make_policy_token_params<T>(opt);
   T* grad = grad_logp.data();
@@ -443,22 +411,7 @@ policy_loss_result policy_loss_impl(tag_t const&, token_batch_ref<T, host_space>
     }
   }
 
-  const double nt = static_cast<double>(s.valid_tokens);
-  res.pg_loss = s.pg;
-  res.kl_loss = opt.kl != kl_estimator::none ? s.kl : 0.0;
-  res.loss = res.pg_loss + opt.kl_coef * res.kl_loss;
-  if (s.valid_tokens > 0) {
-    res.clip_fraction_low = s.low / nt;
-    res.clip_fraction_high = s.high / nt;
-    res.dual_clip_fraction = s.dual / nt;
-    res.approx_kl = -s.log_ratio / nt;
-    res.mean_ratio = s.ratio / nt;
-    res.mean_kl = opt.kl != kl_estimator::none ? s.kl_plain / nt : 0.0;
-  }
-  res.valid_tokens = s.valid_tokens;
-  res.valid_sequences = s.valid_sequences;
-  res.normalizer = normalizer;
-  return res;
+  return hir::detail::make_policy_loss_result(opt, s, s.valid_tokens, s.valid_sequences, normalizer);
 }
 
 } // namespace cpu

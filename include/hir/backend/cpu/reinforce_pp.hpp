@@ -70,7 +70,7 @@ std::size_t reinforce_row_rewards(const std::uint8_t* m, const T* old_lp, const 
     }
   } else if (kl) {
     for (std::size_t t = 0; t < length; ++t)
-      r[t] = m[t] ? -o.kl_coef * hir::detail::reinforce_kl_penalty(old_lp[t], ref_lp[t], o) : 0.0;
+      r[t] = m[t] ? hir::detail::reinforce_kl_reward(old_lp[t], ref_lp[t], o) : 0.0;
   } else {
     for (std::size_t t = 0; t < length; ++t)
       r[t] = 0.0;
@@ -156,19 +156,8 @@ void reinforce_pp_advantages_impl(tag_t const&, span<const T, host_space> scores
   for (std::size_t i = 0; i < B; ++i)
     row_value[i] = static_cast<double>(scores[i]);
   auto subtract_group_means = [&] {
-    for (std::size_t g = 0; g < groups.num_groups; ++g) {
-      const std::size_t b = groups.begin(g), e = groups.end(g);
-      double mu = 0.0;
-      if (e - b == 1) {
-        mu = o.singleton == singleton_policy::raw_score ? 0.0 : row_value[groups.sample(b)];
-      } else {
-        for (std::size_t k = b; k < e; ++k)
-          mu += row_value[groups.sample(k)];
-        mu /= static_cast<double>(e - b);
-      }
-      for (std::size_t k = b; k < e; ++k)
-        row_value[groups.sample(k)] -= mu;
-    }
+    for (std::size_t g = 0; g < groups.num_groups; ++g)
+      hir::detail::reinforce_subtract_group_mean(groups, g, row_value.data(), o.singleton);
   };
   if (o.baseline == reinforce_baseline::group_mean_of_score)
     subtract_group_means();
@@ -266,10 +255,8 @@ void reinforce_pp_advantages_impl(tag_t const&, span<const T, host_space> scores
   if (o.whiten != whitening::none) {
     mu = all.mean;
     if (scaled) {
-      const double var = all.m2 / (o.std == std_kind::unbiased ? all.count - 1.0 : all.count);
       scale =
-          1.0 / std::sqrt(o.epsilon_kind == whitening_epsilon::add_to_variance ? var + o.epsilon
-                                                                               : (var > o.epsilon ? var : o.epsilon));
+          hir::detail::reinforce_whiten_scale(all.m2 / (o.std == std_kind::unbiased ? all.count - 1.0 : all.count), o);
     }
   }
   // whiten(a) = (a − center)·scale + add: standard (μ, r, 0), center_only (μ, 1, 0), keep_mean (μ, r, μ), none.

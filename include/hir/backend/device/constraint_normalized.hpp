@@ -2,9 +2,10 @@
 // Device implementation of constraint_normalized_advantages (GDPO) on Thrust: a min-reduction finds the first
 // invalid group (one index read back, then one small issue record computed on the device for the message), a
 // second the first non-finite weight; then one functor per group computes the combined z-scores r_i in double into a
-// scratch array of N doubles (per-constraint counts on the thread's stack, the shared hir::detail::constraint_column_z
-// for the z-scores, so r_i is computed by the same operations as on the CPU); the batch normalization is two double
-// reductions (sum/min/max, then the centred sum of squares) and one transform.
+// scratch array of N doubles (per-constraint counts on the thread's stack; hir::detail::constraint_group_z and
+// constraint_member_sum, the CPU's functions, so r_i is computed by the same operations); the batch normalization is
+// two double reductions (sum/min/max, then the centred sum of squares) and one transform. Scratch (from the tag's
+// workspace, if any): N doubles.
 #pragma once
 
 #include <hir/advantages/constraint_normalized.hpp>
@@ -13,7 +14,6 @@
 #include <hir/backend/device/tag.hpp>
 #include <hir/detail/group_kernels.hpp>
 
-#include <thrust/device_vector.h>
 #include <thrust/fill.h>
 #include <thrust/for_each.h>
 #include <thrust/functional.h>
@@ -71,7 +71,7 @@ struct hir_cn_group_bad {
   HIR_HOST_DEVICE bool operator()(std::size_t g) const { return issue(g).kind != 0; }
 };
 
-/// r_i = Σ_c w_c z_ic for every member of group g, into r (double).
+/// r_i = Σ_c w_c z_ic for every member of group g, into r (double), by the CPU's functions.
 template <class W>
 struct hir_cn_group_sums {
   verdict_ref<device_space> v;
@@ -80,35 +80,11 @@ struct hir_cn_group_sums {
   constraint_normalized_options o;
   double* r;
   HIR_HOST_DEVICE void operator()(std::size_t g) const {
-    const std::size_t b = groups.begin(g), e = groups.end(g), size = e - b;
-    const unsigned n = v.counts[groups.sample(b)];
-    if (size == 1) {
-      const std::size_t i = groups.sample(b);
-      double s = 0.0;
-      if (o.singleton == singleton_policy::raw_score) // μ = 0, σ = 1
-        for (unsigned c = 0; c < n; ++c)
-          s += (w ? static_cast<double>(w[c]) : 1.0) * (((v.masks[i] >> c) & 1u) ? 1.0 / (1.0 + o.epsilon) : 0.0);
-      r[i] = s;
-      return;
-    }
-    unsigned count[max_constraints];
     double met[max_constraints], unmet[max_constraints];
-    for (unsigned c = 0; c < n; ++c)
-      count[c] = 0;
-    for (std::size_t k = b; k < e; ++k) {
-      const std::uint64_t m = v.masks[groups.sample(k)];
-      for (unsigned c = 0; c < n; ++c)
-        count[c] += static_cast<unsigned>((m >> c) & 1u);
-    }
-    for (unsigned c = 0; c < n; ++c)
-      hir::detail::constraint_column_z(count[c], static_cast<unsigned>(size), o, met[c], unmet[c]);
-    for (std::size_t k = b; k < e; ++k) {
+    const unsigned n = hir::detail::constraint_group_z(v.masks.data(), v.counts.data(), groups, g, o, met, unmet);
+    for (std::size_t k = groups.begin(g), e = groups.end(g); k < e; ++k) {
       const std::size_t i = groups.sample(k);
-      const std::uint64_t m = v.masks[i];
-      double s = 0.0;
-      for (unsigned c = 0; c < n; ++c)
-        s += (w ? static_cast<double>(w[c]) : 1.0) * (((m >> c) & 1u) ? met[c] : unmet[c]);
-      r[i] = s;
+      r[i] = hir::detail::constraint_member_sum(v.masks[i], n, w, met, unmet);
     }
   }
 };
@@ -144,10 +120,10 @@ void constraint_normalized_advantages_impl(tag_t const& be, verdict_ref<device_s
                                          o.singleton == singleton_policy::error};
   const long long bad = detail::first_index_where(be, groups.num_groups, detail::hir_cn_group_bad{issue});
   if (bad >= 0) {
-    thrust::device_vector<detail::hir_cn_issue> d_is(1);
+    const detail::scratch_buffer<detail::hir_cn_issue> d_is(be, 1);
     thrust::transform(detail::policy(be), thrust::counting_iterator<std::size_t>(static_cast<std::size_t>(bad)),
                       thrust::counting_iterator<std::size_t>(static_cast<std::size_t>(bad) + 1), d_is.begin(), issue);
-    const detail::hir_cn_issue is = d_is[0]; // one record read back
+    const detail::hir_cn_issue is = to_host(d_is.view())[0]; // one record read back
     if (is.kind == 1)
       hir::detail::fail(fn, "group ", bad, " has members with different constraint counts (sample ", is.first, ": ",
                         is.count, ", sample ", is.other, ": ", is.other_count, ")");
@@ -165,11 +141,10 @@ void constraint_normalized_advantages_impl(tag_t const& be, verdict_ref<device_s
   const std::size_t n = v.size();
   if (n == 0)
     return;
-  thrust::device_vector<double> r(n);
+  const detail::scratch_buffer<double> r(be, n); // every sample is in one group: fully written
   thrust::for_each(detail::policy(be), thrust::counting_iterator<std::size_t>(0),
                    thrust::counting_iterator<std::size_t>(groups.num_groups),
-                   detail::hir_cn_group_sums<W>{v, groups, weighted ? weights.data() : nullptr, o,
-                                                thrust::raw_pointer_cast(r.data())});
+                   detail::hir_cn_group_sums<W>{v, groups, weighted ? weights.data() : nullptr, o, r.data()});
   auto d_out = thrust::device_pointer_cast(out.data());
   if (!o.batch_normalize) {
     thrust::transform(detail::policy(be), r.begin(), r.end(), d_out, detail::hir_cn_affine<T>{0.0, 1.0});

@@ -6,7 +6,9 @@
 // transform_reduce over the B·L tokens calls the shared per-token math (hir/detail/policy_loss_kernels.hpp, the
 // same functions as the CPU loops), writes the gradient and sums the loss and metrics in double (one struct read
 // back). The loss kind and KL estimator are dispatched at run time inside the functor (uniform across a warp), so a
-// call instantiates one kernel per element type, not one per combination. Scratch: B row records (≈ 40 bytes each).
+// call instantiates one kernel per element type, not one per combination. Scratch (from the tag's workspace, if any):
+// B row records (≈ 40 bytes each). The arrays of a call, the normalizer and the result are the CPU's
+// (hir/detail/policy_loss_kernels.hpp).
 #pragma once
 
 #include <hir/backend/device/rewards.hpp>
@@ -15,7 +17,6 @@
 #include <hir/detail/policy_loss_kernels.hpp>
 #include <hir/losses/policy_loss.hpp>
 
-#include <thrust/device_vector.h>
 #include <thrust/fill.h>
 #include <thrust/functional.h>
 #include <thrust/iterator/counting_iterator.h>
@@ -33,18 +34,9 @@ namespace backend {
 namespace device {
 namespace detail {
 
-/// The arrays of one call as raw device pointers. `old` is logp when old_logp is absent (reinforce), so ℓ = 0.
+/// The arrays of one call as raw device pointers (shared with the CPU backend).
 template <class T>
-struct hir_pl_arrays {
-  const T* logp;
-  const T* old;
-  const T* ref; ///< nullptr when no KL term
-  const std::uint8_t* mask;
-  const T* adv;
-  bool token_adv;
-  bool has_old;
-  std::size_t length;
-};
+using hir_pl_arrays = hir::detail::policy_loss_arrays<T, device_space>;
 
 /// v − v is 0 for a finite v and NaN otherwise (no reliance on isfinite in device code).
 template <class T>
@@ -272,18 +264,9 @@ policy_loss_result policy_loss_impl(tag_t const& be, token_batch_ref<T, device_s
                                     policy_loss_options const& opt) {
   constexpr const char* fn = "policy_loss";
   const std::size_t B = tokens.batch, L = tokens.length, n = B * L;
-  policy_loss_result res;
   if (n == 0)
-    return res;
-  detail::hir_pl_arrays<T> in{};
-  in.logp = tokens.logp.data();
-  in.has_old = !tokens.old_logp.empty();
-  in.old = in.has_old ? tokens.old_logp.data() : tokens.logp.data();
-  in.ref = opt.kl != kl_estimator::none ? tokens.ref_logp.data() : nullptr;
-  in.mask = tokens.mask.data();
-  in.adv = advantages.data();
-  in.token_adv = advantages.size() == n && n != B; // L == 1: both layouts are the same array
-  in.length = L;
+    return {};
+  const detail::hir_pl_arrays<T> in = hir::detail::make_policy_loss_arrays(tokens, advantages, opt);
   // The token batch as validated: only the arrays this call reads (for the error message).
   token_batch_ref<T, device_space> read = tokens;
   if (!in.ref)
@@ -298,7 +281,7 @@ policy_loss_result policy_loss_impl(tag_t const& be, token_batch_ref<T, device_s
 
   // Per-row counts (and Σ ℓ for GSPO).
   const bool gspo = opt.kind == policy_loss_kind::gspo;
-  thrust::device_vector<detail::hir_pl_row_acc> row_acc(B);
+  const detail::scratch_buffer<detail::hir_pl_row_acc> row_acc(be, B); // one record per row (L > 0): all written
   {
     auto keys = thrust::make_transform_iterator(thrust::counting_iterator<std::size_t>(0), detail::hir_pl_row_of{L});
     auto vals = thrust::make_transform_iterator(thrust::counting_iterator<std::size_t>(0),
@@ -309,33 +292,17 @@ policy_loss_result policy_loss_impl(tag_t const& be, token_batch_ref<T, device_s
   const detail::hir_pl_counts counts =
       thrust::transform_reduce(detail::policy(be), row_acc.begin(), row_acc.end(), detail::hir_pl_count_row{},
                                detail::hir_pl_counts{0, 0}, detail::hir_pl_counts_plus{});
-  double normalizer = opt.normalizer;
-  if (normalizer == 0.0) {
-    switch (opt.aggregation) {
-    case loss_aggregation::token_mean:
-      normalizer = static_cast<double>(counts.tokens);
-      break;
-    case loss_aggregation::seq_mean_token_mean:
-    case loss_aggregation::seq_mean_token_sum:
-      normalizer = static_cast<double>(counts.rows);
-      break;
-    case loss_aggregation::seq_sum_constant:
-      normalizer = static_cast<double>(L);
-      break;
-    }
-  }
-  thrust::device_vector<detail::hir_pl_row_param<T>> rows(B);
+  const double normalizer = hir::detail::policy_loss_normalizer(opt, static_cast<std::size_t>(counts.tokens),
+                                                                static_cast<std::size_t>(counts.rows), L);
+  const detail::scratch_buffer<detail::hir_pl_row_param<T>> rows(be, B);
   thrust::transform(detail::policy(be), row_acc.begin(), row_acc.end(), rows.begin(),
                     detail::hir_pl_make_row_param<T>{opt.aggregation, normalizer, gspo, -opt.log_ratio_clamp,
                                                      opt.gspo_log_ratio_max});
 
   // The fused token pass.
-  detail::hir_pl_token<T> tok{in,
-                              thrust::raw_pointer_cast(rows.data()),
-                              grad_logp.data(),
-                              hir::detail::make_policy_token_params<T>(opt),
-                              opt.kind,
-                              opt.kl};
+  detail::hir_pl_token<T> tok{
+      in, rows.data(), grad_logp.data(), hir::detail::make_policy_token_params<T>(opt), opt.kind, opt.kl,
+  };
   const detail::hir_pl_sums s = thrust::transform_reduce(
       detail::policy(be), thrust::counting_iterator<std::size_t>(0), thrust::counting_iterator<std::size_t>(n), tok,
       detail::hir_pl_sums{0, 0, 0, 0, 0, 0, 0, 0, 0}, detail::hir_pl_sums_plus{});
@@ -347,22 +314,8 @@ policy_loss_result policy_loss_impl(tag_t const& be, token_batch_ref<T, device_s
       detail::throw_policy_loss_token(fn, read, advantages, in.token_adv, static_cast<std::size_t>(bad));
   }
 
-  const double nt = static_cast<double>(counts.tokens);
-  res.pg_loss = s.pg;
-  res.kl_loss = opt.kl != kl_estimator::none ? s.kl : 0.0;
-  res.loss = res.pg_loss + opt.kl_coef * res.kl_loss;
-  if (counts.tokens > 0) {
-    res.clip_fraction_low = s.low / nt;
-    res.clip_fraction_high = s.high / nt;
-    res.dual_clip_fraction = s.dual / nt;
-    res.approx_kl = -s.log_ratio / nt;
-    res.mean_ratio = s.ratio / nt;
-    res.mean_kl = opt.kl != kl_estimator::none ? s.kl_plain / nt : 0.0;
-  }
-  res.valid_tokens = static_cast<std::size_t>(counts.tokens);
-  res.valid_sequences = static_cast<std::size_t>(counts.rows);
-  res.normalizer = normalizer;
-  return res;
+  return hir::detail::make_policy_loss_result(opt, s, static_cast<std::size_t>(counts.tokens),
+                                              static_cast<std::size_t>(counts.rows), normalizer);
 }
 
 } // namespace device

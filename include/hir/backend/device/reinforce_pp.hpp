@@ -7,9 +7,10 @@
 // reversed batch of affine maps g ↦ b_t + a_t·g composed right to left (a_t = 0 at a row's last position, so rows
 // never mix and no keys are needed); (4) whitening statistics are two double reductions (mean, then the centred sum
 // of squares) over the valid tokens; (5) one transform writes the output. The KL penalty is the shared
-// hir::detail::reinforce_kl_penalty. Scratch: B row records and B doubles, plus B·L doubles for the returns (not
-// for the tiled group_mean_of_return baseline). Results match the CPU within rounding (the scan and the reductions
-// associate differently): |Δ| ≲ 1e-12·(|A| + 1) in double.
+// hir::detail::reinforce_kl_reward and the group baselines and whitening scale are the CPU's (hir/detail/
+// group_kernels.hpp). Scratch (from the tag's workspace, if any): B row records and B doubles, plus B·L doubles for
+// the returns (not for the tiled group_mean_of_return baseline). Results match the CPU within rounding (the scan and
+// the reductions associate differently): |Δ| ≲ 1e-12·(|A| + 1) in double.
 #pragma once
 
 #include <hir/advantages/reinforce_pp.hpp>
@@ -18,7 +19,6 @@
 #include <hir/backend/device/tag.hpp>
 #include <hir/detail/group_kernels.hpp>
 
-#include <thrust/device_vector.h>
 #include <thrust/fill.h>
 #include <thrust/for_each.h>
 #include <thrust/functional.h>
@@ -61,12 +61,6 @@ struct hir_rpp_row_plus {
   }
 };
 
-/// −β·k_t of a valid token (the KL part of its reward), in double as on the CPU.
-template <class T>
-HIR_HOST_DEVICE inline double hir_rpp_kl_reward(T old_lp, T ref_lp, const reinforce_pp_options& o) {
-  return -o.kl_coef * hir::detail::reinforce_kl_penalty(static_cast<double>(old_lp), static_cast<double>(ref_lp), o);
-}
-
 template <class T>
 struct hir_rpp_row_token {
   const std::uint8_t* mask;
@@ -90,7 +84,7 @@ struct hir_rpp_row_token {
       if (!(a - a == a - a) || !(b - b == b - b))
         r.first_non_finite = t;
       else
-        r.kl_sum = hir_rpp_kl_reward(a, b, o);
+        r.kl_sum = hir::detail::reinforce_kl_reward(a, b, o);
     }
     return r;
   }
@@ -129,17 +123,7 @@ struct hir_rpp_group_mean {
   double* v;
   singleton_policy singleton;
   HIR_HOST_DEVICE void operator()(std::size_t g) const {
-    const std::size_t b = groups.begin(g), e = groups.end(g);
-    double mu = 0.0;
-    if (e - b == 1) {
-      mu = singleton == singleton_policy::raw_score ? 0.0 : v[groups.sample(b)];
-    } else {
-      for (std::size_t k = b; k < e; ++k)
-        mu += v[groups.sample(k)];
-      mu /= static_cast<double>(e - b);
-    }
-    for (std::size_t k = b; k < e; ++k)
-      v[groups.sample(k)] -= mu;
+    hir::detail::reinforce_subtract_group_mean(groups, g, v, singleton);
   }
 };
 
@@ -180,7 +164,7 @@ struct hir_rpp_token_map {
     double b = 0.0;
     if (mask[k] != 0) {
       if (kl)
-        b = hir_rpp_kl_reward(old_lp[k], ref_lp[k], o);
+        b = hir::detail::reinforce_kl_reward(old_lp[k], ref_lp[k], o);
       if (static_cast<long long>(t) == rows[i].last)
         b += terminal[i];
     }
@@ -272,20 +256,22 @@ void reinforce_pp_advantages_impl(tag_t const& be, span<const T, device_space> s
   }
 
   // Row records, then the first row with a problem.
-  thrust::device_vector<detail::hir_rpp_row> rows(
-      B, detail::hir_rpp_row{0, detail::hir_rpp_none, detail::hir_rpp_none, -1, 0.0});
-  if (n > 0) {
+  const detail::scratch_buffer<detail::hir_rpp_row> rows(be, B);
+  if (n == 0) {
+    thrust::fill(detail::policy(be), rows.begin(), rows.end(),
+                 detail::hir_rpp_row{0, detail::hir_rpp_none, detail::hir_rpp_none, -1, 0.0});
+  } else {
     auto keys = thrust::make_transform_iterator(thrust::counting_iterator<std::size_t>(0), detail::hir_rpp_row_of{L});
     auto vals = thrust::make_transform_iterator(thrust::counting_iterator<std::size_t>(0),
                                                 detail::hir_rpp_row_token<T>{mask, old_lp, ref_lp, L, kl, o});
     thrust::reduce_by_key(detail::policy(be), keys, keys + n, vals, thrust::make_discard_iterator(), rows.begin(),
                           thrust::equal_to<std::size_t>(), detail::hir_rpp_row_plus{});
   }
-  const detail::hir_rpp_row* d_rows = thrust::raw_pointer_cast(rows.data());
+  const detail::hir_rpp_row* d_rows = rows.data();
   const long long bad_row = detail::first_index_where(be, B, detail::hir_rpp_row_bad{d_rows});
   if (bad_row >= 0) {
     const auto i = static_cast<std::size_t>(bad_row);
-    const detail::hir_rpp_row r = rows[i]; // one record read back
+    const detail::hir_rpp_row r = to_host(rows.view().subspan(i, 1))[0]; // one record read back
     if (r.first_big != detail::hir_rpp_none)
       hir::detail::fail(fn, "mask[", i, ", ", r.first_big, "] = ",
                         static_cast<int>(to_host(tb.mask.subspan(i * L + static_cast<std::size_t>(r.first_big), 1))[0]),
@@ -310,12 +296,12 @@ void reinforce_pp_advantages_impl(tag_t const& be, span<const T, device_space> s
 
   // Per-row values: the terminal reward (none, group_mean_of_score) or a_i (group_mean_of_return).
   const bool tiled = o.baseline == reinforce_baseline::group_mean_of_return;
-  thrust::device_vector<double> value(B);
+  const detail::scratch_buffer<double> value(be, B);
   {
     auto first = thrust::device_pointer_cast(scores.data());
     thrust::transform(detail::policy(be), first, first + B, value.begin(), detail::hir_rpp_to_double<T>{});
   }
-  double* d_value = thrust::raw_pointer_cast(value.data());
+  double* d_value = value.data();
   auto subtract_group_means = [&] {
     thrust::for_each(detail::policy(be), thrust::counting_iterator<std::size_t>(0),
                      thrust::counting_iterator<std::size_t>(groups.num_groups),
@@ -330,7 +316,7 @@ void reinforce_pp_advantages_impl(tag_t const& be, span<const T, device_space> s
   }
 
   // Returns (not for the tiled baseline).
-  thrust::device_vector<double> ret(tiled ? 0 : n);
+  const detail::scratch_buffer<double> ret(be, tiled ? 0 : n);
   if (!tiled && n > 0) {
     auto maps =
         thrust::make_transform_iterator(thrust::counting_iterator<std::size_t>(0),
@@ -340,7 +326,7 @@ void reinforce_pp_advantages_impl(tag_t const& be, span<const T, device_space> s
         thrust::make_transform_output_iterator(thrust::make_reverse_iterator(ret.end()), detail::hir_rpp_take_b{});
     thrust::inclusive_scan(detail::policy(be), in_first, in_first + n, out_first, detail::hir_rpp_compose{});
   }
-  const double* d_ret = thrust::raw_pointer_cast(ret.data());
+  const double* d_ret = ret.data();
 
   // Whitening statistics over the valid tokens (two passes in double).
   double mu = 0.0, scale = 1.0;
@@ -360,10 +346,8 @@ void reinforce_pp_advantages_impl(tag_t const& be, span<const T, device_space> s
     if (scaled) {
       const detail::hir_rpp_moment c = moments(mu);
       const double m2 = c.s2 - c.s1 * c.s1 / total_valid; // c.s1 ≈ 0: a correction for the rounding of μ
-      const double var = (m2 > 0.0 ? m2 : 0.0) / (o.std == std_kind::unbiased ? total_valid - 1.0 : total_valid);
-      scale =
-          1.0 / std::sqrt(o.epsilon_kind == whitening_epsilon::add_to_variance ? var + o.epsilon
-                                                                               : (var > o.epsilon ? var : o.epsilon));
+      scale = hir::detail::reinforce_whiten_scale(
+          (m2 > 0.0 ? m2 : 0.0) / (o.std == std_kind::unbiased ? total_valid - 1.0 : total_valid), o);
     }
   }
   const double add = o.whiten == whitening::keep_mean ? mu : 0.0;
