@@ -36,6 +36,7 @@ struct variant_config {
   std::string hir_preset = "hir_paper_code"; ///< hir_paper_code | hir_paper_eq (algorithm::hir only)
   std::string selection = "score";           ///< score | random | integrity | diversity (algorithm::hir)
   std::string lambda = "exponential";        ///< exponential | constant (algorithm::hir)
+  std::string diversity = "preset";          ///< preset | token_mean | token_sum: entropy term of F (algorithm::hir)
   bool recompute_replay_logp = false;        ///< old/ref log-probs of replays recomputed under q' (algorithm::hir)
 };
 
@@ -120,14 +121,9 @@ NLOHMANN_JSON_SERIALIZE_ENUM(algorithm, {{algorithm::grpo, "grpo"},
 NLOHMANN_JSON_SERIALIZE_ENUM(reward_kind, {{reward_kind::ila, "ila"}, {reward_kind::cla, "cla"}})
 
 inline void to_json(nlohmann::json& j, const variant_config& v) {
-  j = {{"name", v.name},
-       {"algorithm", v.algo},
-       {"reward", v.reward},
-       {"rollouts", v.rollouts},
-       {"hir_preset", v.hir_preset},
-       {"selection", v.selection},
-       {"lambda", v.lambda},
-       {"recompute_replay_logp", v.recompute_replay_logp}};
+  j = {{"name", v.name},         {"algorithm", v.algo},        {"reward", v.reward},
+       {"rollouts", v.rollouts}, {"hir_preset", v.hir_preset}, {"selection", v.selection},
+       {"lambda", v.lambda},     {"diversity", v.diversity},   {"recompute_replay_logp", v.recompute_replay_logp}};
 }
 
 namespace detail {
@@ -165,6 +161,7 @@ inline void from_json(const nlohmann::json& j, variant_config& v) {
   detail::read(j, "hir_preset", v.hir_preset, known, "variant: ");
   detail::read(j, "selection", v.selection, known, "variant: ");
   detail::read(j, "lambda", v.lambda, known, "variant: ");
+  detail::read(j, "diversity", v.diversity, known, "variant: ");
   detail::read(j, "recompute_replay_logp", v.recompute_replay_logp, known, "variant: ");
   detail::reject_unknown(j, known, "variant: ");
 }
@@ -234,6 +231,9 @@ inline void validate(const trainer_config& c) {
       hir::detail::fail(fn, "variant \"", v.name, "\": selection = \"", v.selection, "\"");
     if (v.lambda != "exponential" && v.lambda != "constant")
       hir::detail::fail(fn, "variant \"", v.name, "\": lambda = \"", v.lambda, "\"");
+    if (v.diversity != "preset" && v.diversity != "token_mean" && v.diversity != "token_sum")
+      hir::detail::fail(fn, "variant \"", v.name, "\": diversity = \"", v.diversity,
+                        "\" (preset, token_mean or token_sum)");
   }
 }
 

@@ -68,6 +68,10 @@ public:
       }
       if (v_.lambda == "constant")
         hopt_.select.lambda = lambda_schedule::constant(2.0);
+      if (v_.diversity == "token_mean")
+        hopt_.select.diversity = diversity_kind::token_mean;
+      else if (v_.diversity == "token_sum")
+        hopt_.select.diversity = diversity_kind::token_sum;
       if (v_.recompute_replay_logp) {
         hopt_.batch.old_logp = replay_old_logp::recomputed;
         hopt_.batch.ref_logp = replay_ref_logp::recomputed;

@@ -131,6 +131,11 @@ def case_errors(exe, work):
         f.write('{"p_meet": 1.5}')
     p = run(exe, "train", "-c", bad, "-o", os.path.join(work, "bad"), check=False)
     check(p.returncode == 2 and '"p_meet" = 1.5' in p.stderr, "an out-of-range value is named: " + p.stderr.strip())
+    with open(bad, "w") as f:
+        f.write('{"variants": [{"base": "hir_eq", "name": "mine", "diversity": "token_max"}]}')
+    p = run(exe, "train", "-c", bad, "-o", os.path.join(work, "bad"), check=False)
+    check(p.returncode == 2 and 'variant "mine": diversity = "token_max"' in p.stderr,
+          "a bad variant field is named: " + p.stderr.strip())
 
     cfg = write_config(os.path.join(work, "ck.json"), rollout_budget=256, checkpoint_every=2)
     out = seeded_out(work, exe, "corrupt", cfg)
