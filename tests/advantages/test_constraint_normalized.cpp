@@ -170,6 +170,51 @@ TEST_CASE_TEMPLATE("constraint_normalized: random ragged groups match the double
   }
 }
 
+TEST_CASE_TEMPLATE("constraint_normalized: large, contiguous and uniform groups match the double reference", B,
+                   HIR_TEST_BACKEND) {
+  // The CPU backend's other paths: groups above 16 members (column z-scores per group, not tabulated) and above 255
+  // (counters flushed), constraint counts above 8 (several counter words), contiguous and uniform layouts.
+  std::mt19937_64 rng(hir::test::seed(22));
+  const std::vector<std::pair<int, std::size_t>> shape = {{2, 3}, {17, 6}, {40, 12}, {300, 9}, {8, 8},
+                                                          {8, 0}, {1, 5},  {16, 64}, {5, 1},   {260, 6}};
+  std::vector<std::vector<bool>> v;
+  std::vector<std::int64_t> ids;
+  for (std::size_t g = 0; g < shape.size(); ++g) {
+    const double p = std::uniform_real_distribution<double>(0.05, 0.95)(rng);
+    for (int k = 0; k < shape[g].first; ++k) {
+      std::vector<bool> row(shape[g].second);
+      for (std::size_t c = 0; c < row.size(); ++c)
+        row[c] = std::uniform_real_distribution<double>(0, 1)(rng) < p;
+      v.push_back(row);
+      ids.push_back(static_cast<std::int64_t>(g));
+    }
+  }
+  std::vector<double> w(64);
+  for (auto& x : w)
+    x = std::uniform_real_distribution<double>(-1, 3)(rng);
+  hir::constraint_normalized_options no_batch;
+  no_batch.batch_normalize = false;
+  for (const auto& o : {hir::presets::trl_gdpo(), no_batch}) {
+    CAPTURE(o.batch_normalize);
+    const std::vector<double> unit;
+    HIR_CHECK_CLOSE(run<B>(v, ids, unit, o), hir::ref::gdpo(v, ids, unit, to_ref(o)), 1e-12, 1e-10);
+    HIR_CHECK_CLOSE(run<B>(v, ids, w, o), hir::ref::gdpo(v, ids, w, to_ref(o)), 1e-12, 1e-10);
+    // Uniform groups of 6 (consecutive samples), 7 constraints each.
+    std::vector<std::vector<bool>> uv(60, std::vector<bool>(7));
+    std::vector<std::int64_t> uids(uv.size());
+    for (std::size_t i = 0; i < uv.size(); ++i) {
+      uids[i] = static_cast<std::int64_t>(i / 6);
+      for (std::size_t c = 0; c < 7; ++c)
+        uv[i][c] = rng() % 3 == 0;
+    }
+    const auto vb = make_verdicts(uv);
+    hir::group_storage<B> groups(B{}, hir::group_layout::uniform(uv.size(), 6));
+    std::vector<double> out(uv.size(), -7.0);
+    hir::constraint_normalized_advantages(B{}, vb.ref(), groups.ref(), hir::view(out), o);
+    HIR_CHECK_CLOSE(out, hir::ref::gdpo(uv, uids, unit, to_ref(o)), 1e-12, 1e-10);
+  }
+}
+
 TEST_CASE_TEMPLATE("constraint_normalized: bad input throws and writes nothing", B, HIR_TEST_BACKEND) {
   const std::vector<double> sentinel = {42, 42, 42};
   std::vector<double> out = sentinel;
@@ -179,6 +224,13 @@ TEST_CASE_TEMPLATE("constraint_normalized: bad input throws and writes nothing",
   mixed.push_back({true, false, true});
   mixed.push_back({true});
   CHECK_THROWS_WITH_AS(hir::constraint_normalized_advantages(B{}, mixed.ref(), layout.ref(), hir::view(out)),
+                       "hir::constraint_normalized_advantages: group 0 has members with different constraint counts "
+                       "(sample 0: 2, sample 1: 3)",
+                       hir::invalid_argument);
+  CHECK(out == sentinel);
+  hir::constraint_normalized_options unbatched;
+  unbatched.batch_normalize = false;
+  CHECK_THROWS_WITH_AS(hir::constraint_normalized_advantages(B{}, mixed.ref(), layout.ref(), hir::view(out), unbatched),
                        "hir::constraint_normalized_advantages: group 0 has members with different constraint counts "
                        "(sample 0: 2, sample 1: 3)",
                        hir::invalid_argument);

@@ -166,7 +166,8 @@ HIR_HOST_DEVICE inline void constraint_column_z(unsigned k, unsigned n, const co
 /// The z-scores of every constraint column of group g: member i's combined score is
 /// r_i = Σ_c w_c·(bit c of masks[i] ? met[c] : unmet[c]) (constraint_member_sum). A group of one gets met = 1/(1 + ε)
 /// (singleton_policy::raw_score: μ = 0, σ = 1) or 0, and unmet = 0. Returns the group's constraint count (that of its
-/// first member; validated equal for all). `met` and `unmet` hold max_constraints entries.
+/// first member; validated equal for all). `met` and `unmet` hold max_constraints entries. The device backend's
+/// per-group step; the CPU backend gets the same counts and constraint_column_z values by its own loops.
 template <class Ref>
 HIR_HOST_DEVICE unsigned constraint_group_z(const std::uint64_t* masks, const std::uint8_t* counts, const Ref& groups,
                                             std::size_t g, const constraint_normalized_options& o, double* met,
@@ -194,13 +195,15 @@ HIR_HOST_DEVICE unsigned constraint_group_z(const std::uint64_t* masks, const st
   return n;
 }
 
-/// r = Σ_c w_c·(bit c of `mask` ? met[c] : unmet[c]) over the n constraints, in double (w = nullptr: unit weights).
+/// r = Σ_c w_c·(bit c of `mask` ? met[c] : unmet[c]) over the n constraints, in double (w = nullptr: unit weights),
+/// summed in constraint order. The bit selects the array by index, not by a branch (verdict bits are unpredictable).
 template <class W>
 HIR_HOST_DEVICE double constraint_member_sum(std::uint64_t mask, unsigned n, const W* w, const double* met,
                                              const double* unmet) {
+  const double* const z[2] = {unmet, met};
   double r = 0.0;
   for (unsigned c = 0; c < n; ++c)
-    r += (w ? static_cast<double>(w[c]) : 1.0) * (((mask >> c) & 1u) ? met[c] : unmet[c]);
+    r += (w ? static_cast<double>(w[c]) : 1.0) * z[(mask >> c) & 1u][c];
   return r;
 }
 
