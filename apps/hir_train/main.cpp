@@ -51,12 +51,17 @@ int main(int argc, char** argv) {
   std::vector<std::string> variant_names;
   std::vector<std::uint64_t> seeds;
   std::size_t stop_after = 0;
+  long threads = -1;
   bool quiet = false;
 
   auto add_common = [&](CLI::App* s) {
     s->add_option("-c,--config", config_path, "JSON config file (defaults are built in; see `hir_train config`)");
-    s->add_option("-o,--out", out, "output folder")->capture_default_str();
+    s->add_option("-o,--out", out, "output folder (the last one given wins)")
+        ->capture_default_str()
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
     s->add_flag("-q,--quiet", quiet, "no progress lines");
+    s->add_option("-t,--threads", threads, "OpenMP threads (overrides the config's \"threads\"; 0 = all cores)")
+        ->check(CLI::Range(0L, 4096L));
   };
   auto* train = app.add_subcommand("train", "warm-start (or load the cached base model) and train one variant");
   add_common(train);
@@ -87,6 +92,8 @@ int main(int argc, char** argv) {
 
   try {
     trainer_config cfg = load(config_path);
+    if (threads >= 0)
+      cfg.threads = static_cast<std::size_t>(threads);
     if (*variants) {
       for (const auto& v : builtin_variants())
         std::cout << nlohmann::json(v).dump() << '\n';

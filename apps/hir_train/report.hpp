@@ -207,10 +207,10 @@ inline std::string write_report(const trainer_config& cfg, const std::vector<run
   // Plot with gnuplot when it is installed.
   if (std::system("command -v gnuplot >/dev/null 2>&1") == 0) {
     std::ofstream gp(out + "/plot.gp");
-    gp << "set terminal pngcairo size 900,560 font 'sans,11' noenhanced\nset output '" << out
+    gp << "set terminal pngcairo size 1000,560 font 'sans,11' noenhanced\nset output '" << out
        << "/ila_vs_rollouts.png'\n"
        << "set title 'Held-out sampled ILA vs rollouts (mean over seeds; bars: min-max)'\n"
-       << "set xlabel 'rollouts'\nset ylabel 'held-out sampled ILA'\nset key bottom right\nset grid\n"
+       << "set xlabel 'rollouts'\nset ylabel 'held-out sampled ILA'\nset key outside right top\nset grid\n"
        << "plot ";
     for (std::size_t i = 0; i < order.size(); ++i)
       gp << (i ? ", " : "") << "'" << out << "/curves.dat' index " << i << " using 1:2:3:4 with yerrorlines title '"

@@ -157,7 +157,7 @@ def case_errors(exe, work):
 def case_outputs(exe, work):
     cfg = write_config(os.path.join(work, "out.json"), rollout_budget=1024, eval_every=2)
     out = seeded_out(work, exe, "compare", cfg)
-    p = run(exe, "compare", "-c", cfg, "-o", out, "--variants", "grpo_ila,hir_code", "-q")
+    p = run(exe, "compare", "-c", cfg, "-o", out, "--variants", "grpo_ila,hir_code", "--threads", "1", "-q")
     rows = read_csv(os.path.join(out, "grpo_ila_seed1", "metrics.csv"))
     check(len(rows) == 1024 // 128, f"one CSV row per step ({len(rows)})")
     for r in rows:
