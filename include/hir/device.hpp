@@ -18,6 +18,9 @@
 #include <hir/advantages/group_advantages.hpp>
 #include <hir/advantages/reinforce_pp.hpp>
 #include <hir/losses/policy_loss.hpp>
+#include <hir/losses/preference.hpp>
+#include <hir/relabel/hindsight.hpp>
+#include <hir/relabel/instruction.hpp>
 #include <hir/relabel/replay_batch.hpp>
 #include <hir/relabel/select.hpp>
 #include <hir/rewards/reward_vector.hpp>
@@ -25,6 +28,7 @@
 #include <hir/backend/device/constraint_normalized.hpp>
 #include <hir/backend/device/group_advantages.hpp>
 #include <hir/backend/device/policy_loss.hpp>
+#include <hir/backend/device/preference.hpp>
 #include <hir/backend/device/reinforce_pp.hpp>
 #include <hir/backend/device/relabel.hpp>
 #include <hir/backend/device/rewards.hpp>

@@ -229,7 +229,8 @@ TEST_CASE_TEMPLATE("sequence_logp: sums, means and the token gradient (chain rul
     mask[5 * L + t] = 0;
   lp[4 * L + 4] = std::nan(""); // padding may hold anything
   mask[4 * L + 4] = 0;
-  const auto dlp = hir::test::upload<B>(lp), dm = hir::test::upload<B>(mask);
+  const auto dlp = hir::test::upload<B>(lp);
+  const auto dm = hir::test::upload<B>(mask);
   for (auto red : {hir::sequence_reduction::sum, hir::sequence_reduction::mean}) {
     hir::vector<double, B> out(R);
     hir::sequence_logp(B{}, hir::span_for<const double, B>(hir::view(dlp)),

@@ -81,7 +81,8 @@ TEST_CASE_TEMPLATE("build_replay_batch: hand-worked batch, replays after the ori
   CHECK(hir::to_host(b.source_row) == i64{0, 1, 2, 3, 4, 5, 4, 1});
   CHECK(hir::to_host(b.replay_row) == i64{-1, 7, -1, -1, 6, -1, -1, -1});
   CHECK(hir::to_host(b.group) == i64(8, 0));
-  const auto tok = hir::to_host(b.tokens), msk = hir::to_host(b.mask);
+  const auto tok = hir::to_host(b.tokens);
+  const auto msk = hir::to_host(b.mask);
   const auto old = hir::to_host(b.old_logp), ref = hir::to_host(b.ref_logp);
   CHECK(row(tok, 6, 3) == std::vector<std::int32_t>{40, 41, 42});
   CHECK(row(tok, 7, 3) == std::vector<std::int32_t>{10, 11, 12});

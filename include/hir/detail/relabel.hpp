@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
-// Per-candidate and per-row math of hindsight instruction replay, shared by the CPU loops and a later Thrust device
+// Per-candidate and per-row math of hindsight instruction replay, shared by the CPU loops and the Thrust device
 // backend (host/device code): eligibility, integrity and diversity terms, the ranking key, the deterministic
-// "better candidate" order and truncated importance weights.
+// "better candidate" order, the reward and group id of a replay-batch row and truncated importance weights.
 #pragma once
 
 #include <hir/config.hpp>
 #include <hir/core/random.hpp>
+#include <hir/relabel/replay_batch.hpp>
 #include <hir/relabel/select.hpp>
 #include <hir/rewards/reward_vector.hpp>
 
@@ -73,6 +74,20 @@ struct ranked_candidate_better {
     return a.key > b.key || (a.key == b.key && a.index < b.index);
   }
 };
+
+/// Reward of an original row: the caller's score when given, else ILA (1 when every constraint is met, else 0).
+template <class T>
+HIR_HOST_DEVICE T original_reward(const T* scores, std::size_t i, std::uint64_t mask, unsigned count) {
+  return scores ? scores[i] : (mask == low_bits(count) ? T(1) : T(0));
+}
+
+/// Group id of a replay-batch row of prompt `prompt` for `grouping` (B = num_prompts).
+HIR_HOST_DEVICE inline std::int64_t replay_group_id(replay_grouping grouping, std::int64_t prompt,
+                                                    std::size_t num_prompts, bool replay) {
+  return grouping == replay_grouping::global                   ? 0
+         : grouping == replay_grouping::join_source || !replay ? prompt
+                                                               : static_cast<std::int64_t>(num_prompts) + prompt;
+}
 
 /// Truncated importance weight min(exp(x), cap) without overflow (x = log π(y|q') − log π(y|q), token or summed).
 HIR_HOST_DEVICE inline double truncated_weight(double log_ratio, double log_cap) {

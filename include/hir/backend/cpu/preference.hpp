@@ -45,7 +45,7 @@ void sequence_logp_impl(tag_t const&, span<const T, host_space> logp, span<const
       s += m[t] ? static_cast<double>(lp[t]) : 0.0;
       n += m[t];
     }
-    out[r] = static_cast<T>(reduction == sequence_reduction::mean ? (n ? s / static_cast<double>(n) : 0.0) : s);
+    out[r] = static_cast<T>(hir::detail::sequence_value(s, n, reduction));
   }
 }
 
@@ -57,13 +57,11 @@ void sequence_logp_backward_impl(tag_t const&, span<const T, host_space> grad_se
   for (std::size_t r = 0; r < rows; ++r) {
     const std::uint8_t* m = mask.data() + r * length;
     T* g = grad_token.data() + r * length;
-    double scale = 1.0;
-    if (reduction == sequence_reduction::mean) {
-      std::size_t n = 0;
+    std::size_t n = 0;
+    if (reduction == sequence_reduction::mean)
       for (std::size_t t = 0; t < length; ++t)
         n += m[t];
-      scale = n ? 1.0 / static_cast<double>(n) : 0.0;
-    }
+    const double scale = hir::detail::sequence_grad_scale(n, reduction);
     const T v = static_cast<T>(static_cast<double>(grad_seq[r]) * scale);
     for (std::size_t t = 0; t < length; ++t)
       g[t] = m[t] ? v : T(0);
@@ -109,7 +107,8 @@ void build_preference_pairs_impl(tag_t const&, replay_batch_ref<T, host_space> b
       losses.clear();
       for (; e < rows.size() && rows[e].first == rows[a].first; ++e) {
         const auto r = static_cast<std::size_t>(rows[e].second);
-        (static_cast<double>(b.reward[r]) >= opt.success_threshold ? wins : losses).push_back(rows[e].second);
+        (hir::detail::preference_success(static_cast<double>(b.reward[r]), opt.success_threshold) ? wins : losses)
+            .push_back(rows[e].second);
       }
       if (!wins.empty() && !losses.empty()) {
         if (opt.pairing == response_pairing::all_pairs) {
@@ -159,43 +158,28 @@ template <class T>
 preference_loss_result preference_loss_impl(tag_t const&, preference_pairs_ref<host_space> p,
                                             span<const T, host_space> logp, span<const T, host_space> ref_logp,
                                             span<T, host_space> grad, preference_loss_options const& opt) {
-  preference_loss_result res;
+  hir::detail::preference_sums counts = {};
   for (std::size_t j = 0; j < p.size(); ++j)
-    (p.level[j] ? res.instruction_pairs : res.response_pairs) += 1;
-  const double scale[2] = {res.response_pairs ? opt.response_weight / static_cast<double>(res.response_pairs) : 0.0,
-                           res.instruction_pairs ? opt.instruction_weight / static_cast<double>(res.instruction_pairs)
-                                                 : 0.0};
+    counts.pairs[p.level[j]] += 1;
+  double scale[2];
+  hir::detail::preference_scales(counts, opt, scale);
   std::vector<double> g(grad.empty() ? 0 : grad.size(), 0.0);
-  double loss_sum[2] = {0, 0}, correct[2] = {0, 0}, margin[2] = {0, 0};
+  hir::detail::preference_sums sums = {};
   auto h_of = [&](std::size_t r) {
     return static_cast<double>(logp[r]) - (ref_logp.empty() ? 0.0 : static_cast<double>(ref_logp[r]));
   };
   for (std::size_t j = 0; j < p.size(); ++j) {
     const auto c = static_cast<std::size_t>(p.chosen[j]), r = static_cast<std::size_t>(p.rejected[j]);
     const int lv = p.level[j];
-    const double h = h_of(c) - h_of(r);
-    double loss, dh;
-    hir::detail::preference_pair_loss(opt.kind, opt.beta, opt.label_smoothing, h, loss, dh);
-    loss_sum[lv] += loss;
-    correct[lv] += h > 0 ? 1.0 : 0.0;
-    margin[lv] += opt.beta * h;
+    double dh;
+    sums = hir::detail::hir_pref_sums_plus{}(
+        sums, hir::detail::preference_pair_sums(opt.kind, opt.beta, opt.label_smoothing, h_of(c) - h_of(r), lv, dh));
     if (!g.empty()) {
       g[c] += scale[lv] * dh;
       g[r] -= scale[lv] * dh;
     }
   }
-  const double nr = static_cast<double>(res.response_pairs), ni = static_cast<double>(res.instruction_pairs);
-  if (res.response_pairs) {
-    res.response_loss = loss_sum[0] / nr;
-    res.response_accuracy = correct[0] / nr;
-    res.response_margin = margin[0] / nr;
-  }
-  if (res.instruction_pairs) {
-    res.instruction_loss = loss_sum[1] / ni;
-    res.instruction_accuracy = correct[1] / ni;
-    res.instruction_margin = margin[1] / ni;
-  }
-  res.loss = opt.response_weight * res.response_loss + opt.instruction_weight * res.instruction_loss;
+  const preference_loss_result res = hir::detail::preference_result(sums, opt);
   for (std::size_t r = 0; r < g.size(); ++r)
     grad[r] = static_cast<T>(g[r]);
   return res;

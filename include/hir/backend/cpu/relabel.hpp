@@ -353,12 +353,13 @@ void build_replay_batch_impl(tag_t const&, rollout_batch_ref<T, host_space> r,
     out.prompt[row] = r.prompt[i];
     out.constraint_mask[row] = all;
     out.constraint_count[row] = static_cast<std::uint8_t>(n);
-    out.reward[row] = r.scores.empty() ? (r.verdicts.masks[i] == all ? T(1) : T(0)) : r.scores[i];
+    out.reward[row] =
+        hir::detail::original_reward(r.scores.empty() ? nullptr : r.scores.data(), i, r.verdicts.masks[i], n);
     out.is_replay[row] = 0;
     out.origin[row] = static_cast<std::int64_t>(i);
     out.source_row[row] = static_cast<std::int64_t>(row);
     out.replay_row[row] = replay_of[i] >= 0 ? row_of_replay[static_cast<std::size_t>(replay_of[i])] : -1;
-    out.group[row] = opt.grouping == replay_grouping::global ? 0 : r.prompt[i];
+    out.group[row] = hir::detail::replay_group_id(opt.grouping, r.prompt[i], B, false);
     copy_row(r.mask.data(), i, out.mask.data(), row);
     copy_row(r.old_logp.data(), i, out.old_logp.data(), row);
     if (!r.tokens.empty())
@@ -379,9 +380,7 @@ void build_replay_batch_impl(tag_t const&, rollout_batch_ref<T, host_space> r,
     out.origin[row] = static_cast<std::int64_t>(i);
     out.source_row[row] = row_of_original[i];
     out.replay_row[row] = -1;
-    out.group[row] = opt.grouping == replay_grouping::global        ? 0
-                     : opt.grouping == replay_grouping::join_source ? p
-                                                                    : static_cast<std::int64_t>(B) + p;
+    out.group[row] = hir::detail::replay_group_id(opt.grouping, p, B, true);
     copy_row(r.mask.data(), i, out.mask.data(), row);
     if (!r.tokens.empty())
       copy_row(r.tokens.data(), i, out.tokens.data(), row);

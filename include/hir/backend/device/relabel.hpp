@@ -1,23 +1,34 @@
 // SPDX-License-Identifier: Apache-2.0
-// Device implementations of hindsight replay selection on Thrust: masked-row validation and sequence_entropy
-// (reduce_by_key over rows), candidate validation, replay_scores and select_replays. The per-candidate math is the
-// CPU's (hir/detail/relabel.hpp). Candidate validation sorts (prompt, index) pairs once to get each prompt's first
+// Device implementations of hindsight instruction replay on Thrust: masked-row validation and sequence_entropy
+// (reduce_by_key over rows), candidate validation, replay_scores, select_replays, the replay batch (validation and
+// gather) and importance-weighted advantages. The per-candidate and per-row math is the CPU's
+// (hir/detail/relabel.hpp). Candidate validation sorts (prompt, index) pairs once to get each prompt's first
 // candidate, size and eligible count without atomics, then a min-reduction finds the first invalid candidate in the
 // CPU's order; it reads back one issue code and the 2·B per-prompt counts the host-side plan needs. Selection is
 // portable top-K by sorting: the eligible candidates (stream compaction, index order) are stable-sorted by key,
 // descending, so equal keys keep the lower index first — the CPU's tie-break (keys are normalized so −0 = +0); per
 // prompt quotas take a second stable sort by prompt and a segmented rank scan. On CUDA Thrust dispatches these sorts
 // of arithmetic keys to CUB's radix sort. The chosen indices are sorted ascending at the end.
+//
+// Replay batches: rollout and replay-index validation are each one min-reduction over tokens of a (row, rank, code)
+// record, so the first offending row and its issue in the CPU's order come back as one small struct (the first
+// response of each prompt, for the count-consistency check, comes from one stable sort; repeated replay indices
+// from a stable sort of the indices). The batch is written by one functor per row and one per token: originals
+// keep their rows (after_originals) or move down by the number of replays before them (after_source, an exclusive
+// scan); sequence-level importance weights sum log-ratios per replay in double (reduce_by_key).
 #pragma once
 
 #include <hir/backend/device/rewards.hpp>
 #include <hir/backend/device/tag.hpp>
 #include <hir/detail/relabel.hpp>
 #include <hir/detail/relabel_issues.hpp>
+#include <hir/relabel/hindsight.hpp>
+#include <hir/relabel/replay_batch.hpp>
 #include <hir/relabel/select.hpp>
 
 #include <thrust/copy.h>
 #include <thrust/device_vector.h>
+#include <thrust/for_each.h>
 #include <thrust/functional.h>
 #include <thrust/iterator/constant_iterator.h>
 #include <thrust/iterator/counting_iterator.h>
@@ -30,7 +41,10 @@
 #include <thrust/sequence.h>
 #include <thrust/sort.h>
 #include <thrust/transform.h>
+#include <thrust/transform_reduce.h>
 
+#include <climits>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -262,19 +276,32 @@ relabel_masked_rows_check_impl(tag_t const& be, span<const std::uint8_t, device_
           k / static_cast<long long>(length)};
 }
 
+namespace detail {
+/// Σ_t m·x (double) and Σ_t m of every row of a [rows × length] array (mask entries 0/1), by reduce_by_key.
+template <class T>
+thrust::device_vector<hir_rl_row_sum> row_sums(tag_t const& be, span<const T, device_space> values,
+                                               span<const std::uint8_t, device_space> mask, std::size_t length) {
+  const std::size_t n = mask.size(), rows = n / length;
+  thrust::device_vector<hir_rl_row_sum> acc(rows);
+  if (rows == 0)
+    return acc;
+  auto keys = thrust::make_transform_iterator(thrust::counting_iterator<std::size_t>(0), hir_rl_row_of{length});
+  auto vals = thrust::make_transform_iterator(thrust::counting_iterator<std::size_t>(0),
+                                              hir_rl_token_sum<T>{mask.data(), values.data()});
+  thrust::reduce_by_key(policy(be), keys, keys + n, vals, thrust::make_discard_iterator(), acc.begin(),
+                        thrust::equal_to<std::size_t>(), hir_rl_row_sum_plus{});
+  return acc;
+}
+} // namespace detail
+
 template <class T>
 void sequence_entropy_impl(tag_t const& be, span<const T, device_space> entropy,
                            span<const std::uint8_t, device_space> mask, std::size_t length,
                            span<T, device_space> out_sum, span<std::int64_t, device_space> out_length) {
-  const std::size_t n = mask.size(), rows = n / length;
+  const std::size_t rows = mask.size() / length;
   if (rows == 0)
     return;
-  thrust::device_vector<detail::hir_rl_row_sum> acc(rows);
-  auto keys = thrust::make_transform_iterator(thrust::counting_iterator<std::size_t>(0), detail::hir_rl_row_of{length});
-  auto vals = thrust::make_transform_iterator(thrust::counting_iterator<std::size_t>(0),
-                                              detail::hir_rl_token_sum<T>{mask.data(), entropy.data()});
-  thrust::reduce_by_key(detail::policy(be), keys, keys + n, vals, thrust::make_discard_iterator(), acc.begin(),
-                        thrust::equal_to<std::size_t>(), detail::hir_rl_row_sum_plus{});
+  const thrust::device_vector<detail::hir_rl_row_sum> acc = detail::row_sums(be, entropy, mask, length);
   thrust::for_each(
       detail::policy(be), thrust::counting_iterator<std::size_t>(0), thrust::counting_iterator<std::size_t>(rows),
       detail::hir_rl_write_row_sum<T>{thrust::raw_pointer_cast(acc.data()), out_sum.data(), out_length.data()});
@@ -390,6 +417,490 @@ select_replays_impl(tag_t const& be, replay_candidates_ref<T, device_space> c, s
   }
   thrust::sort(detail::policy(be), out.begin(), out.end());
   return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Replay batches and importance-weighted advantages
+
+namespace detail {
+
+/// x is finite (no <cmath> call in device code: x − x is 0 for finite x and NaN for ±inf and NaN).
+HIR_HOST_DEVICE inline bool hir_rl_finite(double x) {
+  return x - x == x - x;
+}
+
+/// A candidate issue of a min-reduction: the offending row (or replay, pair), the rank of the check in the CPU's
+/// order within that row, and the issue code. `index` is LLONG_MAX when there is none.
+struct hir_rl_issue_key {
+  long long index;
+  int rank;
+  int code;
+};
+HIR_HOST_DEVICE inline hir_rl_issue_key hir_rl_no_issue() {
+  return {LLONG_MAX, INT_MAX, 0};
+}
+HIR_HOST_DEVICE inline hir_rl_issue_key hir_rl_issue(long long index, int rank, hir::detail::relabel_issue code) {
+  return {index, rank, static_cast<int>(code)};
+}
+/// The issue of the lower index, then of the lower rank (the first one the CPU's loop meets).
+struct hir_rl_issue_min {
+  HIR_HOST_DEVICE hir_rl_issue_key operator()(const hir_rl_issue_key& a, const hir_rl_issue_key& b) const {
+    return (a.index < b.index || (a.index == b.index && a.rank < b.rank)) ? a : b;
+  }
+};
+
+/// The first issue over i ∈ [0, n) of f(i) (an hir_rl_issue_key), in the CPU's order: one min-reduction, one small
+/// record read back.
+template <class F>
+hir::detail::relabel_input_issue first_issue(tag_t const& be, std::size_t n, F f) {
+  if (n == 0)
+    return {};
+  const hir_rl_issue_key r =
+      thrust::transform_reduce(policy(be), thrust::counting_iterator<std::size_t>(0),
+                               thrust::counting_iterator<std::size_t>(n), f, hir_rl_no_issue(), hir_rl_issue_min{});
+  if (r.code == 0)
+    return {};
+  return {static_cast<hir::detail::relabel_issue>(r.code), r.index};
+}
+
+/// Writes index[j] to first[bucket[j]] where position j starts a run of equal buckets (sorted buckets: one writer
+/// per bucket).
+struct hir_rl_mark_first {
+  const std::int64_t* bucket;
+  const std::int64_t* index;
+  std::int64_t* first;
+  HIR_HOST_DEVICE void operator()(std::size_t j) const {
+    if (j == 0 || bucket[j] != bucket[j - 1])
+      first[static_cast<std::size_t>(bucket[j])] = index[j];
+  }
+};
+
+/// The first response of each prompt in [0, B) (entry B collects the out-of-range ones): one stable sort.
+inline thrust::device_vector<std::int64_t>
+first_of_prompt(tag_t const& be, span<const std::int64_t, device_space> prompt, std::size_t num_prompts) {
+  const std::size_t n = prompt.size();
+  thrust::device_vector<std::int64_t> first(num_prompts + 1, 0), bucket(n), index(n);
+  if (n == 0)
+    return first;
+  thrust::transform(policy(be), thrust::counting_iterator<std::size_t>(0), thrust::counting_iterator<std::size_t>(n),
+                    bucket.begin(), hir_rl_prompt_bucket{prompt.data(), num_prompts});
+  thrust::sequence(policy(be), index.begin(), index.end());
+  thrust::stable_sort_by_key(policy(be), bucket.begin(), bucket.end(), index.begin());
+  thrust::for_each(policy(be), thrust::counting_iterator<std::size_t>(0), thrust::counting_iterator<std::size_t>(n),
+                   hir_rl_mark_first{thrust::raw_pointer_cast(bucket.data()), thrust::raw_pointer_cast(index.data()),
+                                     thrust::raw_pointer_cast(first.data())});
+  return first;
+}
+
+/// The issue of rollout token k (row i = k / L) in the CPU's order: prompt index, verdict count, score (checked at
+/// t = 0), then a mask entry above 1 anywhere in the row, then a non-finite old/ref log-probability on a valid token.
+template <class T>
+struct hir_rl_rollout_token_issue {
+  rollout_batch_ref<T, device_space> r;
+  const std::int64_t* first; ///< first response of each prompt (constraint_counts empty), else nullptr
+  HIR_HOST_DEVICE hir_rl_issue_key operator()(std::size_t k) const {
+    using hir::detail::relabel_issue;
+    const std::size_t i = k / r.length, t = k % r.length;
+    const auto ii = static_cast<long long>(i);
+    if (t == 0) {
+      const std::int64_t p = r.prompt[i];
+      if (p < 0 || static_cast<std::size_t>(p) >= r.num_prompts)
+        return hir_rl_issue(ii, 0, relabel_issue::prompt_out_of_range);
+      const auto pu = static_cast<std::size_t>(p);
+      const unsigned count = r.verdicts.counts[i];
+      if (!r.constraint_counts.empty()) {
+        if (count != r.constraint_counts[pu])
+          return hir_rl_issue(ii, 1, relabel_issue::count_mismatch);
+      } else if (count != r.verdicts.counts[static_cast<std::size_t>(first[pu])]) {
+        return hir_rl_issue(ii, 1, relabel_issue::count_inconsistent);
+      }
+      if (!r.scores.empty() && !hir_rl_finite(static_cast<double>(r.scores[i])))
+        return hir_rl_issue(ii, 2, relabel_issue::score_invalid);
+    }
+    const std::uint8_t m = r.mask[k];
+    if (m > 1)
+      return hir_rl_issue(ii, 3, relabel_issue::mask_invalid);
+    if (m != 0 && !(hir_rl_finite(static_cast<double>(r.old_logp[k])) &&
+                    (r.ref_logp.empty() || hir_rl_finite(static_cast<double>(r.ref_logp[k])))))
+      return hir_rl_issue(ii, 4, relabel_issue::logp_invalid);
+    return hir_rl_no_issue();
+  }
+};
+
+/// Marks sorted position j (j ≥ 1) whose index equals the previous one: its replay repeats an earlier replay.
+struct hir_rl_mark_repeated {
+  const std::int64_t* sorted_index;
+  const std::int64_t* replay_of_pos;
+  std::uint8_t* repeated;
+  HIR_HOST_DEVICE void operator()(std::size_t j) const {
+    if (sorted_index[j] == sorted_index[j - 1])
+      repeated[static_cast<std::size_t>(replay_of_pos[j])] = 1;
+  }
+};
+
+/// Valid-token indicator of replay token j (0 for an index out of range).
+struct hir_rl_replay_valid {
+  const std::int64_t* replays;
+  const std::uint8_t* mask;
+  std::size_t batch, length;
+  HIR_HOST_DEVICE long long operator()(std::size_t j) const {
+    const std::int64_t i = replays[j / length];
+    if (i < 0 || static_cast<std::size_t>(i) >= batch)
+      return 0;
+    return mask[static_cast<std::size_t>(i) * length + j % length] != 0 ? 1 : 0;
+  }
+};
+
+/// The issue of replay token j (replay k = j / L) in the CPU's order: index range, repetition, eligibility (t = 0),
+/// a non-finite recomputed log-probability on a valid token, then an empty response.
+template <class T>
+struct hir_rl_replay_token_issue {
+  rollout_batch_ref<T, device_space> r;
+  const std::int64_t* replays;
+  replay_logp_ref<T, device_space> rec;
+  const std::uint8_t* repeated;
+  const long long* valid;
+  bool need_old, need_ref;
+  HIR_HOST_DEVICE hir_rl_issue_key operator()(std::size_t j) const {
+    using hir::detail::relabel_issue;
+    const std::size_t L = r.length, k = j / L, t = j % L;
+    const auto kk = static_cast<long long>(k);
+    const std::int64_t i = replays[k];
+    if (i < 0 || static_cast<std::size_t>(i) >= r.batch)
+      return t == 0 ? hir_rl_issue(kk, 0, relabel_issue::index_out_of_range) : hir_rl_no_issue();
+    const auto iu = static_cast<std::size_t>(i);
+    if (t == 0) {
+      if (repeated[k])
+        return hir_rl_issue(kk, 1, relabel_issue::index_repeated);
+      if (!hir::detail::replay_eligible(r.verdicts.masks[iu], r.verdicts.counts[iu]))
+        return hir_rl_issue(kk, 2, relabel_issue::index_ineligible);
+    }
+    if (r.mask[iu * L + t] != 0 && ((need_old && !hir_rl_finite(static_cast<double>(rec.old_logp[j]))) ||
+                                    (need_ref && !hir_rl_finite(static_cast<double>(rec.ref_logp[j])))))
+      return hir_rl_issue(kk, 3, relabel_issue::recomputed_logp_invalid);
+    if (t == 0 && valid[k] == 0)
+      return hir_rl_issue(kk, 4, relabel_issue::response_empty);
+    return hir_rl_no_issue();
+  }
+};
+
+struct hir_rl_has_replay {
+  HIR_HOST_DEVICE std::int64_t operator()(std::int64_t replay_of) const { return replay_of >= 0 ? 1 : 0; }
+};
+/// after_source: the row of original i is i plus the number of replays of earlier originals.
+struct hir_rl_shift_by_index {
+  std::int64_t* row;
+  HIR_HOST_DEVICE void operator()(std::size_t i) const { row[i] += static_cast<std::int64_t>(i); }
+};
+/// after_source: a replay directly follows its original.
+struct hir_rl_row_after_source {
+  const std::int64_t* row_of_original;
+  HIR_HOST_DEVICE std::int64_t operator()(std::int64_t i) const {
+    return row_of_original[static_cast<std::size_t>(i)] + 1;
+  }
+};
+
+/// Raw pointers to a replay batch's arrays (tokens, ref_logp, weight: nullptr when absent).
+template <class T>
+struct hir_rl_batch_out {
+  std::int64_t *prompt, *origin, *source_row, *replay_row, *group;
+  std::uint64_t* constraint_mask;
+  std::uint8_t *constraint_count, *is_replay;
+  T* reward;
+  std::int32_t* tokens;
+  std::uint8_t* mask;
+  T *old_logp, *ref_logp, *weight;
+};
+
+/// The per-row fields of original i.
+template <class T>
+struct hir_rl_original_row {
+  rollout_batch_ref<T, device_space> r;
+  const std::int64_t* row_of_original;
+  const std::int64_t* row_of_replay;
+  const std::int64_t* replay_of;
+  replay_grouping grouping;
+  hir_rl_batch_out<T> out;
+  HIR_HOST_DEVICE void operator()(std::size_t i) const {
+    const auto row = static_cast<std::size_t>(row_of_original[i]);
+    const unsigned n = r.verdicts.counts[i];
+    out.prompt[row] = r.prompt[i];
+    out.constraint_mask[row] = hir::detail::low_bits(n);
+    out.constraint_count[row] = static_cast<std::uint8_t>(n);
+    out.reward[row] =
+        hir::detail::original_reward(r.scores.empty() ? nullptr : r.scores.data(), i, r.verdicts.masks[i], n);
+    out.is_replay[row] = 0;
+    out.origin[row] = static_cast<std::int64_t>(i);
+    out.source_row[row] = static_cast<std::int64_t>(row);
+    out.replay_row[row] = replay_of[i] >= 0 ? row_of_replay[static_cast<std::size_t>(replay_of[i])] : -1;
+    out.group[row] = hir::detail::replay_group_id(grouping, r.prompt[i], r.num_prompts, false);
+  }
+};
+
+/// The per-row fields of replay k.
+template <class T>
+struct hir_rl_replay_row {
+  rollout_batch_ref<T, device_space> r;
+  const std::int64_t* replays;
+  const std::int64_t* row_of_original;
+  const std::int64_t* row_of_replay;
+  replay_grouping grouping;
+  T replay_reward;
+  hir_rl_batch_out<T> out;
+  HIR_HOST_DEVICE void operator()(std::size_t k) const {
+    const auto i = static_cast<std::size_t>(replays[k]);
+    const auto row = static_cast<std::size_t>(row_of_replay[k]);
+    const std::int64_t p = r.prompt[i];
+    out.prompt[row] = p;
+    out.constraint_mask[row] = r.verdicts.masks[i];
+    out.constraint_count[row] = r.verdicts.counts[i];
+    out.reward[row] = replay_reward;
+    out.is_replay[row] = 1;
+    out.origin[row] = static_cast<std::int64_t>(i);
+    out.source_row[row] = row_of_original[i];
+    out.replay_row[row] = -1;
+    out.group[row] = hir::detail::replay_group_id(grouping, p, r.num_prompts, true);
+  }
+};
+
+/// Token j of the originals: copied to its row (weight 1).
+template <class T>
+struct hir_rl_original_token {
+  rollout_batch_ref<T, device_space> r;
+  const std::int64_t* row_of_original;
+  hir_rl_batch_out<T> out;
+  HIR_HOST_DEVICE void operator()(std::size_t j) const {
+    const std::size_t L = r.length;
+    const std::size_t d = static_cast<std::size_t>(row_of_original[j / L]) * L + j % L;
+    out.mask[d] = r.mask[j];
+    out.old_logp[d] = r.old_logp[j];
+    if (out.tokens)
+      out.tokens[d] = r.tokens[j];
+    if (out.ref_logp)
+      out.ref_logp[d] = r.ref_logp[j];
+    if (out.weight)
+      out.weight[d] = T(1);
+  }
+};
+
+/// m · (log π_old(y_t|q') − log π_old(y_t|q)) of replay token j, in double (sequence-level weights).
+template <class T>
+struct hir_rl_replay_log_ratio {
+  const std::int64_t* replays;
+  const std::uint8_t* mask;
+  const T* behaviour;
+  const T* target;
+  std::size_t length;
+  HIR_HOST_DEVICE double operator()(std::size_t j) const {
+    const std::size_t s = static_cast<std::size_t>(replays[j / length]) * length + j % length;
+    return mask[s] ? static_cast<double>(target[j]) - static_cast<double>(behaviour[s]) : 0.0;
+  }
+};
+
+/// Token j of the replays: the source's mask and tokens, old/ref log-probs copied or recomputed, the truncated
+/// importance weight (per token, or the replay's sequence weight) on valid tokens and 1 on padding.
+template <class T>
+struct hir_rl_replay_token {
+  rollout_batch_ref<T, device_space> r;
+  const std::int64_t* replays;
+  const std::int64_t* row_of_replay;
+  replay_logp_ref<T, device_space> rec;
+  bool copy_old, copy_ref, token_level;
+  double log_cap;
+  const double* seq_log_ratio; ///< sequence-level truncated_is: Σ_t per replay
+  hir_rl_batch_out<T> out;
+  HIR_HOST_DEVICE void operator()(std::size_t j) const {
+    const std::size_t L = r.length, k = j / L, t = j % L;
+    const std::size_t s = static_cast<std::size_t>(replays[k]) * L + t;
+    const std::size_t d = static_cast<std::size_t>(row_of_replay[k]) * L + t;
+    const std::uint8_t m = r.mask[s];
+    out.mask[d] = m;
+    if (out.tokens)
+      out.tokens[d] = r.tokens[s];
+    out.old_logp[d] = copy_old ? r.old_logp[s] : rec.old_logp[j];
+    if (out.ref_logp)
+      out.ref_logp[d] = copy_ref ? r.ref_logp[s] : rec.ref_logp[j];
+    if (out.weight)
+      out.weight[d] = !m ? T(1)
+                      : token_level
+                          ? static_cast<T>(hir::detail::truncated_weight(
+                                static_cast<double>(rec.old_logp[j]) - static_cast<double>(r.old_logp[s]), log_cap))
+                          : static_cast<T>(hir::detail::truncated_weight(seq_log_ratio[k], log_cap));
+  }
+};
+
+template <class T>
+struct hir_rl_bad_weight {
+  const T* w;
+  HIR_HOST_DEVICE bool operator()(std::size_t i) const {
+    const double x = static_cast<double>(w[i]);
+    return !(x >= 0) || !hir_rl_finite(x);
+  }
+};
+
+template <class T>
+struct hir_rl_weight_advantage {
+  const T* a;
+  const T* w;
+  T* out;
+  std::size_t length;
+  bool per_token;
+  HIR_HOST_DEVICE void operator()(std::size_t i) const { out[i] = (per_token ? a[i] : a[i / length]) * w[i]; }
+};
+
+template <class U>
+U* raw_or_null(thrust::device_vector<U>& v) {
+  return v.empty() ? nullptr : thrust::raw_pointer_cast(v.data());
+}
+
+} // namespace detail
+
+/// The first invalid response of a rollout batch (prompt index, verdict count, score, mask, log-probabilities): one
+/// min-reduction over tokens.
+template <class T>
+hir::detail::relabel_input_issue rollout_batch_check_impl(tag_t const& be, rollout_batch_ref<T, device_space> r) {
+  thrust::device_vector<std::int64_t> first;
+  if (r.constraint_counts.empty())
+    first = detail::first_of_prompt(be, r.prompt, r.num_prompts);
+  return detail::first_issue(
+      be, r.batch * r.length,
+      detail::hir_rl_rollout_token_issue<T>{r, first.empty() ? nullptr : thrust::raw_pointer_cast(first.data())});
+}
+
+/// The first invalid replay index k (out of range, repeated, ineligible, bad recomputed row, empty response).
+template <class T>
+hir::detail::relabel_input_issue replay_indices_check_impl(tag_t const& be, rollout_batch_ref<T, device_space> r,
+                                                           span<const std::int64_t, device_space> replays,
+                                                           replay_logp_ref<T, device_space> recomputed, bool need_old,
+                                                           bool need_ref) {
+  const std::size_t K = replays.size(), L = r.length;
+  if (K == 0)
+    return {};
+  // Repeats: stable sort of (index, k); a position equal to its predecessor repeats an earlier replay.
+  thrust::device_vector<std::int64_t> sorted(thrust::device_pointer_cast(replays.data()),
+                                             thrust::device_pointer_cast(replays.data()) + K);
+  thrust::device_vector<std::int64_t> order(K);
+  thrust::device_vector<std::uint8_t> repeated(K, 0);
+  thrust::sequence(detail::policy(be), order.begin(), order.end());
+  thrust::stable_sort_by_key(detail::policy(be), sorted.begin(), sorted.end(), order.begin());
+  thrust::for_each(
+      detail::policy(be), thrust::counting_iterator<std::size_t>(1), thrust::counting_iterator<std::size_t>(K),
+      detail::hir_rl_mark_repeated{thrust::raw_pointer_cast(sorted.data()), thrust::raw_pointer_cast(order.data()),
+                                   thrust::raw_pointer_cast(repeated.data())});
+  // Valid tokens of each selected response.
+  thrust::device_vector<long long> valid(K);
+  auto keys = thrust::make_transform_iterator(thrust::counting_iterator<std::size_t>(0), detail::hir_rl_row_of{L});
+  auto vals = thrust::make_transform_iterator(thrust::counting_iterator<std::size_t>(0),
+                                              detail::hir_rl_replay_valid{replays.data(), r.mask.data(), r.batch, L});
+  thrust::reduce_by_key(detail::policy(be), keys, keys + K * L, vals, thrust::make_discard_iterator(), valid.begin());
+  return detail::first_issue(
+      be, K * L,
+      detail::hir_rl_replay_token_issue<T>{r, replays.data(), recomputed, thrust::raw_pointer_cast(repeated.data()),
+                                           thrust::raw_pointer_cast(valid.data()), need_old, need_ref});
+}
+
+/// Builds the N + K rows (see replay_batch.hpp): one functor per row and one per token.
+template <class T>
+void build_replay_batch_impl(tag_t const& be, rollout_batch_ref<T, device_space> r,
+                             span<const std::int64_t, device_space> replays,
+                             replay_logp_ref<T, device_space> recomputed, replay_batch_options const& opt,
+                             replay_batch<T, tag_t>& out) {
+  const std::size_t N = r.batch, L = r.length, K = replays.size(), B = r.num_prompts, R = N + K;
+  const auto pol = detail::policy(be);
+  const auto d_replays = thrust::device_pointer_cast(replays.data());
+  thrust::device_vector<std::int64_t> replay_of(N, -1), row_of_original(N), row_of_replay(K);
+  thrust::scatter(pol, thrust::counting_iterator<std::int64_t>(0),
+                  thrust::counting_iterator<std::int64_t>(static_cast<std::int64_t>(K)), d_replays, replay_of.begin());
+  if (opt.placement == replay_placement::after_source) {
+    auto has = thrust::make_transform_iterator(replay_of.begin(), detail::hir_rl_has_replay{});
+    thrust::exclusive_scan(pol, has, has + static_cast<std::ptrdiff_t>(N), row_of_original.begin());
+    thrust::for_each(pol, thrust::counting_iterator<std::size_t>(0), thrust::counting_iterator<std::size_t>(N),
+                     detail::hir_rl_shift_by_index{thrust::raw_pointer_cast(row_of_original.data())});
+    thrust::transform(pol, d_replays, d_replays + static_cast<std::ptrdiff_t>(K), row_of_replay.begin(),
+                      detail::hir_rl_row_after_source{thrust::raw_pointer_cast(row_of_original.data())});
+  } else {
+    thrust::sequence(pol, row_of_original.begin(), row_of_original.end());
+    thrust::sequence(pol, row_of_replay.begin(), row_of_replay.end(), static_cast<std::int64_t>(N));
+  }
+
+  const bool truncated = opt.old_logp == replay_old_logp::truncated_is;
+  out.batch = R;
+  out.length = L;
+  out.num_prompts = B;
+  out.num_originals = N;
+  out.num_replays = K;
+  out.prompt.resize(R);
+  out.constraint_mask.resize(R);
+  out.constraint_count.resize(R);
+  out.reward.resize(R);
+  out.is_replay.resize(R);
+  out.origin.resize(R);
+  out.source_row.resize(R);
+  out.replay_row.resize(R);
+  out.group.resize(R);
+  out.mask.resize(R * L);
+  out.old_logp.resize(R * L);
+  out.tokens.resize(r.tokens.empty() ? 0 : R * L); // a reused batch keeps its capacity
+  out.ref_logp.resize(r.ref_logp.empty() ? 0 : R * L);
+  out.weight.resize(truncated ? R * L : 0);
+
+  detail::hir_rl_batch_out<T> o;
+  o.prompt = thrust::raw_pointer_cast(out.prompt.data());
+  o.origin = thrust::raw_pointer_cast(out.origin.data());
+  o.source_row = thrust::raw_pointer_cast(out.source_row.data());
+  o.replay_row = thrust::raw_pointer_cast(out.replay_row.data());
+  o.group = thrust::raw_pointer_cast(out.group.data());
+  o.constraint_mask = thrust::raw_pointer_cast(out.constraint_mask.data());
+  o.constraint_count = thrust::raw_pointer_cast(out.constraint_count.data());
+  o.is_replay = thrust::raw_pointer_cast(out.is_replay.data());
+  o.reward = thrust::raw_pointer_cast(out.reward.data());
+  o.tokens = detail::raw_or_null(out.tokens);
+  o.mask = thrust::raw_pointer_cast(out.mask.data());
+  o.old_logp = thrust::raw_pointer_cast(out.old_logp.data());
+  o.ref_logp = detail::raw_or_null(out.ref_logp);
+  o.weight = detail::raw_or_null(out.weight);
+
+  const std::int64_t* d_row_orig = thrust::raw_pointer_cast(row_of_original.data());
+  const std::int64_t* d_row_rep = thrust::raw_pointer_cast(row_of_replay.data());
+  thrust::for_each(pol, thrust::counting_iterator<std::size_t>(0), thrust::counting_iterator<std::size_t>(N),
+                   detail::hir_rl_original_row<T>{r, d_row_orig, d_row_rep, thrust::raw_pointer_cast(replay_of.data()),
+                                                  opt.grouping, o});
+  thrust::for_each(pol, thrust::counting_iterator<std::size_t>(0), thrust::counting_iterator<std::size_t>(K),
+                   detail::hir_rl_replay_row<T>{r, replays.data(), d_row_orig, d_row_rep, opt.grouping,
+                                                static_cast<T>(opt.replay_reward), o});
+  thrust::for_each(pol, thrust::counting_iterator<std::size_t>(0), thrust::counting_iterator<std::size_t>(N * L),
+                   detail::hir_rl_original_token<T>{r, d_row_orig, o});
+  if (K == 0)
+    return;
+  thrust::device_vector<double> seq(truncated && opt.importance == importance_level::sequence ? K : 0);
+  if (!seq.empty()) {
+    auto keys = thrust::make_transform_iterator(thrust::counting_iterator<std::size_t>(0), detail::hir_rl_row_of{L});
+    auto vals = thrust::make_transform_iterator(thrust::counting_iterator<std::size_t>(0),
+                                                detail::hir_rl_replay_log_ratio<T>{replays.data(), r.mask.data(),
+                                                                                   r.old_logp.data(),
+                                                                                   recomputed.old_logp.data(), L});
+    thrust::reduce_by_key(pol, keys, keys + K * L, vals, thrust::make_discard_iterator(), seq.begin());
+  }
+  thrust::for_each(pol, thrust::counting_iterator<std::size_t>(0), thrust::counting_iterator<std::size_t>(K * L),
+                   detail::hir_rl_replay_token<T>{
+                       r, replays.data(), d_row_rep, recomputed, opt.old_logp == replay_old_logp::copy_from_source,
+                       opt.ref_logp == replay_ref_logp::copy_from_source, opt.importance == importance_level::token,
+                       truncated ? std::log(opt.importance_cap) : 0.0,
+                       seq.empty() ? nullptr : thrust::raw_pointer_cast(seq.data()), o});
+}
+
+/// Index of the first negative or non-finite weight, or -1.
+template <class T>
+long long relabel_first_bad_weight_impl(tag_t const& be, span<const T, device_space> w) {
+  return detail::first_index_where(be, w.size(), detail::hir_rl_bad_weight<T>{w.data()});
+}
+
+template <class T>
+void weight_advantages_impl(tag_t const& be, span<const T, device_space> a, span<const T, device_space> w,
+                            std::size_t length, span<T, device_space> out) {
+  thrust::for_each(detail::policy(be), thrust::counting_iterator<std::size_t>(0),
+                   thrust::counting_iterator<std::size_t>(w.size()),
+                   detail::hir_rl_weight_advantage<T>{a.data(), w.data(), out.data(), length, a.size() == w.size()});
 }
 
 } // namespace device
