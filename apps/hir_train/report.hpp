@@ -170,8 +170,8 @@ inline std::string write_report(const trainer_config& cfg, const std::vector<run
     md << b;
   }
   md << "\n\"hir share\": scoring, selection/replay building and advantage+loss (hir's algorithms) as a share of the "
-        "step; the rest is the transformer (generation, reference forward, forward+backward+AdamW). Selection includes "
-        "the recomputation forward of hir_recompute.\n";
+        "step; the rest is the transformer (generation, reference forward — with hir_recompute's forward of the "
+        "replays under their rewritten instructions —, forward+backward+AdamW).\n";
 
   std::error_code ec;
   std::filesystem::create_directories(out, ec);

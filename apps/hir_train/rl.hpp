@@ -368,7 +368,9 @@ inline void rl_run::step(std::size_t s, step_metrics& m) {
     std::vector<float> rec_old, rec_ref;
     const std::size_t K = sel.indices.size();
     if (v_.recompute_replay_logp && K > 0) {
-      // log π_old(y | q') and log π_ref(y | q') of each replay under its rewritten instruction.
+      // log π_old(y | q') and log π_ref(y | q') of each replay under its rewritten instruction: transformer work,
+      // timed with the reference forward (t_reference), not with hir's selection.
+      lap(m.t_select);
       sequence_batch rs;
       rs.resize(K, S, N);
       std::vector<std::uint8_t> rmask(K * N, 0);
@@ -387,6 +389,7 @@ inline void rl_run::step(std::size_t s, step_metrics& m) {
       rs.gather(ref_.logp(), rmask.data(), rec_ref.data());
       rec.old_logp = span<const float>(rec_old);
       rec.ref_logp = span<const float>(rec_ref);
+      lap(m.t_reference);
     }
     rb.emplace(build_replay_batch(hir::cpu, ro, span<const std::int64_t>(sel.indices), hopt_.batch, rec));
     RT = rb->batch;
