@@ -72,103 +72,12 @@ template <class T>
 using vec = std::vector<T>;
 #endif
 
-[[maybe_unused]] int omp_threads() {
-#if defined(_OPENMP)
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
-/// Times one iteration with CUDA events (on the default stream, which hir::device uses) or the steady clock around
-/// a synchronizing call, reports it with state.SetIterationTime (register with UseManualTime) and keeps the fastest.
-class kernel_timer {
-public:
-  kernel_timer() {
-#if defined(__CUDACC__)
-    cudaEventCreate(&start_);
-    cudaEventCreate(&stop_);
-#endif
-  }
-  ~kernel_timer() {
-#if defined(__CUDACC__)
-    cudaEventDestroy(start_);
-    cudaEventDestroy(stop_);
-#endif
-  }
-  kernel_timer(const kernel_timer&) = delete;
-  kernel_timer& operator=(const kernel_timer&) = delete;
-
-  template <class F>
-  void time(benchmark::State& state, F&& f) {
-#if defined(__CUDACC__)
-    cudaEventRecord(start_);
-    f();
-    cudaEventRecord(stop_);
-    cudaEventSynchronize(stop_);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, start_, stop_);
-    const double s = static_cast<double>(ms) * 1e-3;
-    best_ = s < best_ ? s : best_;
-#else
-    const double cpu0 = hir::bench::iteration_timer::thread_cpu_seconds();
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const double cpu = hir::bench::iteration_timer::thread_cpu_seconds() - cpu0;
-    best_wall_ = s < best_wall_ ? s : best_wall_;
-    best_cpu_ = cpu > 0 && cpu < best_cpu_ ? cpu : best_cpu_;
-    // As hir::bench::iteration_timer::best(): on one thread the calling thread's CPU time, which does not advance
-    // while the process is preempted (the least disturbed figure on a shared machine); wall time on more threads.
-    best_ = threads_ == 1 && best_cpu_ < best_wall_ * 1.5 ? best_cpu_ : best_wall_;
-#endif
-    state.SetIterationTime(s);
-  }
-  /// The fastest iteration in seconds: CUDA events on a GPU; on CPU systems thread CPU time on one OpenMP thread,
-  /// wall time on more.
-  double best() const {
-    return best_;
-  }
-
-  /// Counters: N, best_ms, ns_per_elem, threads and (bytes_per_elem > 0) best_GBps, and Google Benchmark's mean
-  /// items and bytes per second.
-  void report(benchmark::State& state, std::size_t n, double bytes_per_elem) const {
-    const double dn = static_cast<double>(n);
-    state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()) * static_cast<std::int64_t>(n));
-    state.counters["N"] = dn;
-    state.counters["best_ms"] = best_ * 1e3;
-#if !defined(__CUDACC__)
-    state.counters["best_wall_ms"] = best_wall_ * 1e3;
-#endif
-    state.counters["ns_per_elem"] = best_ / dn * 1e9;
-#if defined(__CUDACC__)
-    state.counters["threads"] = 0; // a GPU
-#else
-    state.counters["threads"] = omp_threads();
-#endif
-    if (bytes_per_elem > 0) {
-      state.SetBytesProcessed(static_cast<std::int64_t>(static_cast<double>(state.iterations()) * dn * bytes_per_elem));
-      state.counters["best_GBps"] = dn * bytes_per_elem / best_ / 1e9;
-    }
-  }
-
-private:
-#if defined(__CUDACC__)
-  cudaEvent_t start_{}, stop_{};
-#endif
-  double best_ = std::numeric_limits<double>::infinity();
-#if !defined(__CUDACC__)
-  int threads_ = omp_threads();
-  double best_wall_ = std::numeric_limits<double>::infinity(), best_cpu_ = std::numeric_limits<double>::infinity();
-#endif
-};
-
 // ---- the copy ----
 
 void BM_Copy(benchmark::State& state) {
   const std::size_t n = static_cast<std::size_t>(state.range(0));
   vec<float> a(n, 1.0f), b(n, 0.0f);
-  kernel_timer timer;
+  hir::bench::device_timer timer;
 #if HIR_BENCH_ON_DEVICE
   // What a user writes: thrust::copy on the device system (the stream hir::device runs on).
   auto copy = [&] { thrust::copy(hir::backend::device::detail::policy(be), a.begin(), a.end(), b.begin()); };
@@ -211,7 +120,7 @@ void BM_GroupAdvantages(benchmark::State& state) {
   const auto opt = hir::presets::verl_grpo();
   auto call = [&] { hir::group_advantages(be, hir::view(scores), groups.ref(), hir::view(out), opt); };
   call(); // warm up
-  kernel_timer timer;
+  hir::bench::device_timer timer;
   for (auto _ : state)
     timer.time(state, call);
   timer.report(state, n, 8.0);
@@ -249,7 +158,7 @@ void BM_ReinforcePP(benchmark::State& state) {
   const auto opt = hir::presets::hir_paper_code_advantages();
   auto call = [&] { hir::reinforce_pp_advantages(be, hir::view(scores), tb, groups.ref(), hir::view(out), opt); };
   call(); // warm up
-  kernel_timer timer;
+  hir::bench::device_timer timer;
   for (auto _ : state)
     timer.time(state, call);
   timer.report(state, n, 13.0);
@@ -291,7 +200,7 @@ void BM_PolicyLoss(benchmark::State& state) {
   hir::policy_loss_result r{};
   auto call = [&] { r = hir::policy_loss(be, tb, hir::view(adv), hir::view(grad), opt); };
   call(); // warm up
-  kernel_timer timer;
+  hir::bench::device_timer timer;
   for (auto _ : state) {
     timer.time(state, call);
     benchmark::DoNotOptimize(r);
@@ -317,7 +226,7 @@ void BM_ConstraintNormalized(benchmark::State& state) {
   const auto opt = hir::presets::trl_gdpo();
   auto call = [&] { hir::constraint_normalized_advantages(be, v, groups.ref(), hir::view(out), opt); };
   call(); // warm up
-  kernel_timer timer;
+  hir::bench::device_timer timer;
   for (auto _ : state)
     timer.time(state, call);
   timer.report(state, n, 13.0);
@@ -360,7 +269,7 @@ void BM_SelectReplays(benchmark::State& state) {
     chosen = s.size();
   };
   call(); // warm up
-  kernel_timer timer;
+  hir::bench::device_timer timer;
   for (auto _ : state)
     timer.time(state, call);
   timer.report(state, n, 0.0);
