@@ -273,6 +273,21 @@ rpp_batch<T> rpp_random(std::mt19937_64& rng, std::size_t L, bool shuffle) {
           valid ? static_cast<T>(static_cast<double>(b.old_lp[k]) + 0.7 * u(rng)) : std::numeric_limits<T>::infinity();
     }
   }
+  // Every row has a valid token, so a batch of one row of one valid token is the only one with fewer than the 2 valid
+  // tokens whitening needs (it throws there, on both backends): give it a second valid token (a second row if L = 1).
+  if (std::count(b.mask.begin(), b.mask.end(), std::uint8_t(1)) < 2) {
+    const double lp = -1.5 + u(rng), ref = lp + 0.7 * u(rng);
+    if (L >= 2) {
+      const std::size_t k = static_cast<std::size_t>(std::find(b.mask.begin(), b.mask.end(), std::uint8_t(0)) -
+                                                     b.mask.begin()); // row 0 (B = 1) has an invalid token
+      b.mask[k] = 1, b.old_lp[k] = static_cast<T>(lp), b.ref_lp[k] = static_cast<T>(ref);
+    } else {
+      b.scores.push_back(static_cast<T>(std::floor(3 * u(rng))));
+      b.ids.push_back(b.ids.back());
+      b.mask.push_back(1), b.old_lp.push_back(static_cast<T>(lp)), b.ref_lp.push_back(static_cast<T>(ref));
+      b.B = b.scores.size();
+    }
+  }
   return b;
 }
 

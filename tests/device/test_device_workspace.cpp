@@ -3,7 +3,9 @@
 // algorithms run with `hir::device.with(ws)`: after a first call, repeated calls with the same sizes make no new device
 // allocation (counted by the workspace), give the same results as calls without a workspace, and bad input still
 // throws before anything is written, with every scratch block returned. Covers policy_loss, reinforce_pp_advantages,
-// constraint_normalized_advantages and select_replays.
+// constraint_normalized_advantages, select_replays, build_replay_batch, sequence_logp(_backward),
+// build_preference_pairs and preference_loss (results compared bit for bit).
+#include "relabel/relabel_support.hpp"
 #include "support/backends.hpp"
 
 #include <hir/device.hpp>
@@ -12,9 +14,11 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <random>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -112,6 +116,72 @@ std::vector<double> run_policy_loss(const dtag& be, const device_tokens& d, cons
                          r.mean_ratio, r.mean_kl, static_cast<double>(r.valid_tokens), r.normalizer});
   return out;
 }
+
+/// The bits of a device array of doubles (NaN payloads and −0 included), for bitwise comparisons.
+std::vector<std::uint64_t> bits(const dvec<double>& v) {
+  const std::vector<double> h = hir::to_host(v);
+  std::vector<std::uint64_t> b(h.size());
+  if (!h.empty())
+    std::memcpy(b.data(), h.data(), h.size() * sizeof(double));
+  return b;
+}
+
+/// Every array of a replay batch, as comparable host vectors.
+struct batch_fields {
+  std::vector<std::int64_t> prompt, origin, source_row, replay_row, group;
+  std::vector<std::uint64_t> constraint_mask, reward, old_logp, ref_logp, weight;
+  std::vector<std::uint8_t> constraint_count, is_replay, mask;
+  std::vector<std::int32_t> tokens;
+  std::size_t batch, num_originals, num_replays;
+  bool operator==(const batch_fields& o) const {
+    return prompt == o.prompt && origin == o.origin && source_row == o.source_row && replay_row == o.replay_row &&
+           group == o.group && constraint_mask == o.constraint_mask && reward == o.reward && old_logp == o.old_logp &&
+           ref_logp == o.ref_logp && weight == o.weight && constraint_count == o.constraint_count &&
+           is_replay == o.is_replay && mask == o.mask && tokens == o.tokens && batch == o.batch &&
+           num_originals == o.num_originals && num_replays == o.num_replays;
+  }
+};
+batch_fields fields_of(const hir::replay_batch<double, dtag>& b) {
+  return {hir::to_host(b.prompt),
+          hir::to_host(b.origin),
+          hir::to_host(b.source_row),
+          hir::to_host(b.replay_row),
+          hir::to_host(b.group),
+          hir::to_host(b.constraint_mask),
+          bits(b.reward),
+          bits(b.old_logp),
+          bits(b.ref_logp),
+          bits(b.weight),
+          hir::to_host(b.constraint_count),
+          hir::to_host(b.is_replay),
+          hir::to_host(b.mask),
+          hir::to_host(b.tokens),
+          b.batch,
+          b.num_originals,
+          b.num_replays};
+}
+
+/// A rollout batch on the device with replays of its eligible responses (in descending order) and recomputed
+/// log-probabilities for them.
+struct replay_inputs {
+  hir::test::host_rollouts h;
+  std::vector<std::int64_t> idx;
+  std::vector<double> rec_old, rec_ref;
+  explicit replay_inputs(std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    h = hir::test::random_rollouts(rng, 5, 4, 6);
+    std::uniform_real_distribution<double> lp(-4.0, 0.0);
+    for (std::size_t i = h.N; i-- > 0;) {
+      const int met = hir::test::met_count(h.masks[i], h.counts[i]);
+      if (met > 0 && met < static_cast<int>(h.counts[i]))
+        idx.push_back(static_cast<std::int64_t>(i));
+    }
+    for (std::size_t k = 0; k < idx.size() * h.L; ++k) {
+      rec_old.push_back(lp(rng));
+      rec_ref.push_back(lp(rng));
+    }
+  }
+};
 
 } // namespace
 
@@ -308,6 +378,117 @@ TEST_CASE("device_workspace: select_replays reuses the workspace") {
   }
 }
 
+TEST_CASE("device_workspace: build_replay_batch reuses the workspace") {
+  const replay_inputs in(6);
+  REQUIRE(in.idx.size() >= 2);
+  const hir::test::backend_rollouts<dtag> r(in.h);
+  const dvec<std::int64_t> d_idx = up(in.idx);
+  const dvec<double> d_old = up(in.rec_old), d_ref = up(in.rec_ref);
+  const hir::replay_logp_ref<double, hir::device_space> rec{hir::view(d_old), hir::view(d_ref)};
+  for (const auto placement : {hir::replay_placement::after_originals, hir::replay_placement::after_source})
+    for (const auto old : {hir::replay_old_logp::copy_from_source, hir::replay_old_logp::truncated_is})
+      for (const auto importance : {hir::importance_level::token, hir::importance_level::sequence}) {
+        CAPTURE(static_cast<int>(placement));
+        CAPTURE(static_cast<int>(old));
+        CAPTURE(static_cast<int>(importance));
+        hir::replay_batch_options o;
+        o.placement = placement;
+        o.old_logp = old;
+        o.importance = importance;
+        o.ref_logp = hir::replay_ref_logp::recomputed;
+        o.grouping = hir::replay_grouping::own_group;
+        check_reuse([&](const dtag& be) {
+          hir::replay_batch<double, dtag> out;
+          hir::build_replay_batch(be, r.ref(), hir::view(d_idx), out, o, rec);
+          return fields_of(out);
+        });
+      }
+  // Without constraint counts the rollout check finds each prompt's first response (first_of_prompt's scratch).
+  hir::test::host_rollouts h2 = in.h;
+  h2.constraint_counts.clear();
+  const hir::test::backend_rollouts<dtag> r2(h2);
+  check_reuse([&](const dtag& be) {
+    hir::replay_batch<double, dtag> out;
+    hir::build_replay_batch(be, r2.ref(), hir::view(d_idx), out);
+    return fields_of(out);
+  });
+}
+
+TEST_CASE("device_workspace: sequence_logp and its backward pass reuse the workspace") {
+  const token_inputs in = random_tokens(11, 9, 7);
+  const dvec<double> logp = up(in.old_logp), gseq = up(in.adv);
+  const dvec<std::uint8_t> mask = up(in.mask);
+  for (const auto red : {hir::sequence_reduction::sum, hir::sequence_reduction::mean}) {
+    CAPTURE(static_cast<int>(red));
+    check_reuse([&](const dtag& be) {
+      dvec<double> seq(in.B, 7.0);
+      hir::sequence_logp(be, hir::view(logp), hir::view(mask), in.L, hir::view(seq), red);
+      return bits(seq);
+    });
+    // sum has no scratch of hir's own (and no Thrust temporaries): only the mean's counts need a workspace
+    if (red == hir::sequence_reduction::mean)
+      check_reuse([&](const dtag& be) {
+        dvec<double> grad(in.B * in.L, 7.0);
+        hir::sequence_logp_backward(be, hir::view(gseq), hir::view(mask), in.L, hir::view(grad), red);
+        return bits(grad);
+      });
+  }
+}
+
+TEST_CASE("device_workspace: build_preference_pairs and preference_loss reuse the workspace") {
+  const replay_inputs in(8);
+  const hir::test::backend_rollouts<dtag> r(in.h);
+  const dvec<std::int64_t> d_idx = up(in.idx);
+  hir::replay_batch<double, dtag> batch;
+  hir::build_replay_batch(hir::device, r.ref(), hir::view(d_idx), batch);
+  using pairs_host = std::tuple<std::vector<std::int64_t>, std::vector<std::int64_t>, std::vector<std::uint8_t>,
+                                std::size_t, std::size_t>;
+  std::size_t response_pairs = 0;
+  for (const auto pairing : {hir::response_pairing::all_pairs, hir::response_pairing::round_robin}) {
+    hir::preference_pair_options o;
+    o.pairing = pairing;
+    o.success_threshold = 0.6;
+    check_reuse([&](const dtag& be) {
+      const hir::preference_pairs<dtag> p = hir::build_preference_pairs(be, batch.ref(), o);
+      response_pairs = p.num_response;
+      return pairs_host{hir::to_host(p.chosen), hir::to_host(p.rejected), hir::to_host(p.level), p.num_response,
+                        p.num_instruction};
+    });
+    CHECK(response_pairs > 0); // the response level's sorts and buckets ran
+  }
+
+  const hir::preference_pairs<dtag> pairs = hir::build_preference_pairs(hir::device, batch.ref());
+  REQUIRE(pairs.size() > 0);
+  std::mt19937_64 rng(9);
+  std::uniform_real_distribution<double> d(-30, -1);
+  std::vector<double> lp(batch.batch), ref(batch.batch);
+  for (auto& v : lp)
+    v = d(rng);
+  for (auto& v : ref)
+    v = d(rng);
+  const dvec<double> d_lp = up(lp), d_ref = up(ref);
+  for (const auto kind : {hir::preference_loss_kind::sigmoid, hir::preference_loss_kind::ipo}) {
+    hir::preference_loss_options o;
+    o.kind = kind;
+    o.beta = 0.1;
+    check_reuse([&](const dtag& be) {
+      dvec<double> grad(batch.batch, 3.0);
+      const hir::preference_loss_result res =
+          hir::preference_loss(be, pairs.ref(), hir::view(d_lp), hir::view(d_ref), hir::view(grad), o);
+      std::vector<std::uint64_t> out = bits(grad);
+      for (const double x : {res.loss, res.response_loss, res.instruction_loss, res.response_accuracy,
+                             res.instruction_accuracy, res.response_margin, res.instruction_margin}) {
+        std::uint64_t b;
+        std::memcpy(&b, &x, sizeof b);
+        out.push_back(b);
+      }
+      out.push_back(res.response_pairs);
+      out.push_back(res.instruction_pairs);
+      return out;
+    });
+  }
+}
+
 TEST_CASE("device_workspace: bad input throws before writing and returns every block") {
   hir::device_workspace ws;
   const auto be = hir::device.with(ws);
@@ -354,5 +535,65 @@ TEST_CASE("device_workspace: bad input throws before writing and returns every b
                        "(sample 2: 2, sample 3: 3)",
                        hir::invalid_argument);
   CHECK(hir::to_host(adv) == before);
+  CHECK(ws.bytes_in_use() == 0);
+
+  // build_replay_batch: a repeated replay index; the batch built before is left as it was.
+  const replay_inputs ri(6);
+  REQUIRE(ri.idx.size() >= 2);
+  const hir::test::backend_rollouts<dtag> r(ri.h);
+  const dvec<std::int64_t> d_idx = up(ri.idx);
+  hir::replay_batch<double, dtag> batch;
+  hir::build_replay_batch(be, r.ref(), hir::view(d_idx), batch);
+  CHECK(ws.bytes_in_use() == 0);
+  const batch_fields built = fields_of(batch);
+  std::vector<std::int64_t> repeated = ri.idx;
+  repeated.back() = repeated.front();
+  const dvec<std::int64_t> d_repeated = up(repeated);
+  CHECK_THROWS_AS(hir::build_replay_batch(be, r.ref(), hir::view(d_repeated), batch), hir::invalid_argument);
+  CHECK(fields_of(batch) == built);
+  CHECK(ws.bytes_in_use() == 0);
+  // ... and a prompt index out of range in the rollouts (checked with first_of_prompt's scratch).
+  hir::test::host_rollouts h2 = ri.h;
+  h2.constraint_counts.clear();
+  h2.prompt[1] = 99;
+  const hir::test::backend_rollouts<dtag> r2(h2);
+  CHECK_THROWS_AS(hir::build_replay_batch(be, r2.ref(), hir::view(d_idx), batch), hir::invalid_argument);
+  CHECK(fields_of(batch) == built);
+  CHECK(ws.bytes_in_use() == 0);
+
+  // sequence_logp: a mask entry of 2; the output is untouched.
+  std::vector<std::uint8_t> m2 = in.mask;
+  m2[4 * 7 + 1] = 2;
+  const dvec<std::uint8_t> d_m2 = up(m2);
+  dvec<double> seq(in.B, 7.0);
+  CHECK_THROWS_AS(hir::sequence_logp(be, hir::view(d.old_logp), hir::view(d_m2), in.L, hir::view(seq),
+                                     hir::sequence_reduction::mean),
+                  hir::invalid_argument);
+  for (double x : hir::to_host(seq))
+    REQUIRE(x == 7.0);
+  CHECK(ws.bytes_in_use() == 0);
+
+  // build_preference_pairs: a non-finite reward.
+  hir::replay_batch_ref<double, hir::device_space> rows = batch.ref();
+  std::vector<double> reward = hir::to_host(batch.reward);
+  reward[0] = std::numeric_limits<double>::quiet_NaN();
+  const dvec<double> d_reward = up(reward);
+  rows.reward = hir::view(d_reward);
+  CHECK_THROWS_AS((void)hir::build_preference_pairs(be, rows), hir::invalid_argument);
+  CHECK(ws.bytes_in_use() == 0);
+
+  // preference_loss: a pair row out of range; the gradient is untouched.
+  const dvec<std::int64_t> chosen = up(std::vector<std::int64_t>{0, 1, 2}),
+                           rejected = up(std::vector<std::int64_t>{1, 9, 0});
+  const dvec<std::uint8_t> level = up(std::vector<std::uint8_t>{0, 1, 0});
+  const hir::preference_pairs_ref<hir::device_space> bad_pairs{hir::view(chosen), hir::view(rejected),
+                                                               hir::view(level)};
+  const dvec<double> lp3 = up(std::vector<double>{-1.0, -2.0, -3.0});
+  dvec<double> grad3(3, 7.0);
+  CHECK_THROWS_AS((void)hir::preference_loss(be, bad_pairs, hir::view(lp3),
+                                             hir::span<const double, hir::device_space>{}, hir::view(grad3)),
+                  hir::invalid_argument);
+  for (double x : hir::to_host(grad3))
+    REQUIRE(x == 7.0);
   CHECK(ws.bytes_in_use() == 0);
 }

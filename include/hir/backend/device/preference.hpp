@@ -244,10 +244,10 @@ template <class T>
 void sequence_logp_impl(tag_t const& be, span<const T, device_space> logp, span<const std::uint8_t, device_space> mask,
                         std::size_t length, span<T, device_space> out, sequence_reduction reduction) {
   const std::size_t rows = mask.size() / length;
-  const thrust::device_vector<detail::hir_rl_row_sum> acc = detail::row_sums(be, logp, mask, length);
+  const detail::scratch_buffer<detail::hir_rl_row_sum> acc = detail::row_sums(be, logp, mask, length);
   thrust::for_each(detail::policy(be), thrust::counting_iterator<std::size_t>(0),
                    thrust::counting_iterator<std::size_t>(rows),
-                   detail::hir_pf_write_sequence<T>{thrust::raw_pointer_cast(acc.data()), out.data(), reduction});
+                   detail::hir_pf_write_sequence<T>{acc.data(), out.data(), reduction});
 }
 
 template <class T>
@@ -255,7 +255,7 @@ void sequence_logp_backward_impl(tag_t const& be, span<const T, device_space> gr
                                  span<const std::uint8_t, device_space> mask, std::size_t length,
                                  span<T, device_space> grad_token, sequence_reduction reduction) {
   const std::size_t n = mask.size(), rows = n / length;
-  thrust::device_vector<long long> count(reduction == sequence_reduction::mean ? rows : 0);
+  const detail::scratch_buffer<long long> count(be, reduction == sequence_reduction::mean ? rows : 0);
   if (!count.empty()) {
     auto keys =
         thrust::make_transform_iterator(thrust::counting_iterator<std::size_t>(0), detail::hir_rl_row_of{length});
@@ -265,9 +265,8 @@ void sequence_logp_backward_impl(tag_t const& be, span<const T, device_space> gr
   }
   thrust::for_each(detail::policy(be), thrust::counting_iterator<std::size_t>(0),
                    thrust::counting_iterator<std::size_t>(n),
-                   detail::hir_pf_token_grad<T>{grad_seq.data(), mask.data(),
-                                                count.empty() ? nullptr : thrust::raw_pointer_cast(count.data()),
-                                                length, reduction, grad_token.data()});
+                   detail::hir_pf_token_grad<T>{grad_seq.data(), mask.data(), detail::raw_or_null(count), length,
+                                                reduction, grad_token.data()});
 }
 
 /// First invalid row of a batch for pair building, or -1.
@@ -285,40 +284,33 @@ void build_preference_pairs_impl(tag_t const& be, replay_batch_ref<T, device_spa
   const auto is_replay = thrust::device_pointer_cast(b.is_replay.data());
   const bool all_pairs = opt.pairing == response_pairing::all_pairs;
   // Response level: originals ordered by (prompt, failure, row) by two stable sorts, then one bucket per prompt.
-  thrust::device_vector<std::int64_t> orig(R), offset_pairs, bucket1;
-  thrust::device_vector<detail::hir_pf_bucket> buckets;
-  thrust::device_vector<long long> offset;
-  std::size_t num_response = 0;
+  // Scratch is sized by R (the originals are at most R, the buckets at most the originals); ranges mark the parts used.
+  const std::size_t Rr = opt.response_level ? R : 0;
+  const detail::scratch_buffer<std::int64_t> orig(be, Rr), sorted_rows(be, Rr);
+  const detail::scratch_buffer<detail::hir_pf_bucket> buckets(be, Rr);
+  const detail::scratch_buffer<long long> offset(be, Rr);
+  std::size_t num_response = 0, nb = 0;
   if (opt.response_level) {
     const auto end = thrust::copy_if(pol, rows, rows + static_cast<std::int64_t>(R), is_replay, orig.begin(),
                                      detail::hir_pf_is_zero{});
     const auto n = static_cast<std::size_t>(end - orig.begin());
-    orig.resize(n);
     if (n > 0) {
-      thrust::device_vector<int> failure(n);
-      thrust::transform(pol, orig.begin(), orig.end(), failure.begin(),
+      const detail::scratch_buffer<int> failure(be, n), sorted_failure(be, n);
+      const detail::scratch_buffer<std::int64_t> prompt(be, n), unique(be, n), perm(be, n);
+      thrust::transform(pol, orig.begin(), end, failure.begin(),
                         detail::hir_pf_failure_key<T>{b.reward.data(), opt.success_threshold});
       thrust::stable_sort_by_key(pol, failure.begin(), failure.end(), orig.begin());
-      thrust::device_vector<std::int64_t> prompt(n), unique(n);
-      thrust::gather(pol, orig.begin(), orig.end(), thrust::device_pointer_cast(b.prompt.data()), prompt.begin());
+      thrust::gather(pol, orig.begin(), end, thrust::device_pointer_cast(b.prompt.data()), prompt.begin());
       // the second sort carries the failure flags along with the rows
-      thrust::device_vector<std::int64_t> perm(n);
       thrust::sequence(pol, perm.begin(), perm.end());
       thrust::stable_sort_by_key(pol, prompt.begin(), prompt.end(), perm.begin());
-      thrust::device_vector<std::int64_t> sorted_rows(n);
-      thrust::device_vector<int> sorted_failure(n);
       thrust::gather(pol, perm.begin(), perm.end(), orig.begin(), sorted_rows.begin());
       thrust::gather(pol, perm.begin(), perm.end(), failure.begin(), sorted_failure.begin());
-      orig.swap(sorted_rows);
-      buckets.resize(n);
-      auto vals = thrust::make_transform_iterator(
-          thrust::counting_iterator<long long>(0),
-          detail::hir_pf_bucket_of_pos{thrust::raw_pointer_cast(sorted_failure.data())});
+      auto vals = thrust::make_transform_iterator(thrust::counting_iterator<long long>(0),
+                                                  detail::hir_pf_bucket_of_pos{sorted_failure.data()});
       const auto ends = thrust::reduce_by_key(pol, prompt.begin(), prompt.end(), vals, unique.begin(), buckets.begin(),
                                               thrust::equal_to<std::int64_t>(), detail::hir_pf_bucket_plus{});
-      const auto nb = static_cast<std::size_t>(ends.second - buckets.begin());
-      buckets.resize(nb);
-      offset.resize(nb);
+      nb = static_cast<std::size_t>(ends.second - buckets.begin());
       auto counts = thrust::make_transform_iterator(buckets.begin(), detail::hir_pf_bucket_pairs{all_pairs});
       thrust::exclusive_scan(pol, counts, counts + static_cast<std::ptrdiff_t>(nb), offset.begin());
       num_response = static_cast<std::size_t>(thrust::reduce(pol, counts, counts + static_cast<std::ptrdiff_t>(nb),
@@ -337,15 +329,15 @@ void build_preference_pairs_impl(tag_t const& be, replay_batch_ref<T, device_spa
   out.num_response = num_response;
   out.num_instruction = num_instruction;
   if (num_response > 0) {
-    bucket1.resize(num_response);
-    thrust::upper_bound(pol, offset.begin(), offset.end(), thrust::counting_iterator<long long>(0),
+    const detail::scratch_buffer<std::int64_t> bucket1(be, num_response);
+    thrust::upper_bound(pol, offset.begin(), offset.begin() + static_cast<std::ptrdiff_t>(nb),
+                        thrust::counting_iterator<long long>(0),
                         thrust::counting_iterator<long long>(static_cast<long long>(num_response)), bucket1.begin());
-    thrust::for_each(pol, thrust::counting_iterator<std::size_t>(0),
-                     thrust::counting_iterator<std::size_t>(num_response),
-                     detail::hir_pf_write_response_pair{
-                         thrust::raw_pointer_cast(orig.data()), thrust::raw_pointer_cast(buckets.data()),
-                         thrust::raw_pointer_cast(offset.data()), thrust::raw_pointer_cast(bucket1.data()), all_pairs,
-                         thrust::raw_pointer_cast(out.chosen.data()), thrust::raw_pointer_cast(out.rejected.data())});
+    thrust::for_each(
+        pol, thrust::counting_iterator<std::size_t>(0), thrust::counting_iterator<std::size_t>(num_response),
+        detail::hir_pf_write_response_pair{sorted_rows.data(), buckets.data(), offset.data(), bucket1.data(), all_pairs,
+                                           thrust::raw_pointer_cast(out.chosen.data()),
+                                           thrust::raw_pointer_cast(out.rejected.data())});
   }
   if (num_instruction > 0) {
     const auto first = out.chosen.begin() + static_cast<std::ptrdiff_t>(num_response);
@@ -379,12 +371,11 @@ preference_loss_result preference_loss_impl(tag_t const& be, preference_pairs_re
   if (!grad.empty()) {
     double scale[2];
     hir::detail::preference_scales(sums, opt, scale);
-    thrust::device_vector<std::int64_t> row(2 * P), unique(2 * P);
-    thrust::device_vector<double> value(2 * P), total(2 * P);
+    const detail::scratch_buffer<std::int64_t> row(be, 2 * P), unique(be, 2 * P);
+    const detail::scratch_buffer<double> value(be, 2 * P), total(be, 2 * P);
     thrust::for_each(pol, thrust::counting_iterator<std::size_t>(0), thrust::counting_iterator<std::size_t>(2 * P),
                      detail::hir_pf_grad_entry<T>{h, opt.kind, opt.beta, opt.label_smoothing, scale[0], scale[1],
-                                                  thrust::raw_pointer_cast(row.data()),
-                                                  thrust::raw_pointer_cast(value.data())});
+                                                  row.data(), value.data()});
     thrust::stable_sort_by_key(pol, row.begin(), row.end(), value.begin());
     const auto ends = thrust::reduce_by_key(pol, row.begin(), row.end(), value.begin(), unique.begin(), total.begin());
     const auto d_grad = thrust::device_pointer_cast(grad.data());

@@ -20,6 +20,7 @@
 
 #include <hir/backend/device/rewards.hpp>
 #include <hir/backend/device/tag.hpp>
+#include <hir/core/error.hpp>
 #include <hir/detail/relabel.hpp>
 #include <hir/detail/relabel_issues.hpp>
 #include <hir/relabel/hindsight.hpp>
@@ -28,6 +29,7 @@
 
 #include <thrust/copy.h>
 #include <thrust/device_vector.h>
+#include <thrust/fill.h>
 #include <thrust/for_each.h>
 #include <thrust/functional.h>
 #include <thrust/iterator/constant_iterator.h>
@@ -48,6 +50,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <string>
 #include <vector>
 
 namespace hir {
@@ -279,10 +282,10 @@ relabel_masked_rows_check_impl(tag_t const& be, span<const std::uint8_t, device_
 namespace detail {
 /// Σ_t m·x (double) and Σ_t m of every row of a [rows × length] array (mask entries 0/1), by reduce_by_key.
 template <class T>
-thrust::device_vector<hir_rl_row_sum> row_sums(tag_t const& be, span<const T, device_space> values,
-                                               span<const std::uint8_t, device_space> mask, std::size_t length) {
+scratch_buffer<hir_rl_row_sum> row_sums(tag_t const& be, span<const T, device_space> values,
+                                        span<const std::uint8_t, device_space> mask, std::size_t length) {
   const std::size_t n = mask.size(), rows = n / length;
-  thrust::device_vector<hir_rl_row_sum> acc(rows);
+  scratch_buffer<hir_rl_row_sum> acc(be, rows); // one record per row: all written
   if (rows == 0)
     return acc;
   auto keys = thrust::make_transform_iterator(thrust::counting_iterator<std::size_t>(0), hir_rl_row_of{length});
@@ -301,10 +304,10 @@ void sequence_entropy_impl(tag_t const& be, span<const T, device_space> entropy,
   const std::size_t rows = mask.size() / length;
   if (rows == 0)
     return;
-  const thrust::device_vector<detail::hir_rl_row_sum> acc = detail::row_sums(be, entropy, mask, length);
-  thrust::for_each(
-      detail::policy(be), thrust::counting_iterator<std::size_t>(0), thrust::counting_iterator<std::size_t>(rows),
-      detail::hir_rl_write_row_sum<T>{thrust::raw_pointer_cast(acc.data()), out_sum.data(), out_length.data()});
+  const detail::scratch_buffer<detail::hir_rl_row_sum> acc = detail::row_sums(be, entropy, mask, length);
+  thrust::for_each(detail::policy(be), thrust::counting_iterator<std::size_t>(0),
+                   thrust::counting_iterator<std::size_t>(rows),
+                   detail::hir_rl_write_row_sum<T>{acc.data(), out_sum.data(), out_length.data()});
 }
 
 /// Candidate validation and per-prompt counts (reads back one issue code, or the 2·B per-prompt counts).
@@ -316,36 +319,36 @@ hir::detail::replay_candidate_summary replay_candidates_summary_impl(tag_t const
   hir::detail::replay_candidate_summary s;
   const std::size_t n = c.size(), B = c.num_prompts;
   // Per-prompt first candidate, size and eligible count: sort (bucket, index) pairs, reduce by bucket, scatter.
-  thrust::device_vector<detail::hir_rl_prompt_stat> stats(B + 1, detail::hir_rl_prompt_stat{-1, 0, 0});
+  const detail::scratch_buffer<detail::hir_rl_prompt_stat> stats(be, B + 1);
+  thrust::fill(detail::policy(be), stats.begin(), stats.end(), detail::hir_rl_prompt_stat{-1, 0, 0});
   if (n > 0) {
-    thrust::device_vector<std::int64_t> bucket(n), index(n);
+    const detail::scratch_buffer<std::int64_t> bucket(be, n), index(be, n);
     thrust::transform(detail::policy(be), thrust::counting_iterator<std::size_t>(0),
                       thrust::counting_iterator<std::size_t>(n), bucket.begin(),
                       detail::hir_rl_prompt_bucket{c.prompt.data(), B});
     thrust::sequence(detail::policy(be), index.begin(), index.end());
     thrust::stable_sort_by_key(detail::policy(be), bucket.begin(), bucket.end(), index.begin());
-    thrust::device_vector<std::int64_t> unique(n);
-    thrust::device_vector<detail::hir_rl_prompt_stat> per(n);
+    const detail::scratch_buffer<std::int64_t> unique(be, n);
+    const detail::scratch_buffer<detail::hir_rl_prompt_stat> per(be, n);
     auto vals = thrust::make_transform_iterator(index.begin(), detail::hir_rl_candidate_stat{c.verdicts});
     const auto ends =
         thrust::reduce_by_key(detail::policy(be), bucket.begin(), bucket.end(), vals, unique.begin(), per.begin(),
                               thrust::equal_to<std::int64_t>(), detail::hir_rl_prompt_stat_plus{});
     thrust::scatter(detail::policy(be), per.begin(), ends.second, unique.begin(), stats.begin());
   }
-  const detail::hir_rl_prompt_stat* d_stats = thrust::raw_pointer_cast(stats.data());
-  thrust::device_vector<std::uint8_t> weights_bad(opt.integrity == integrity_kind::weighted ? B : 0);
+  const detail::hir_rl_prompt_stat* d_stats = stats.data();
+  const detail::scratch_buffer<std::uint8_t> weights_bad(be, opt.integrity == integrity_kind::weighted ? B : 0);
   if (!weights_bad.empty())
     thrust::transform(detail::policy(be), thrust::counting_iterator<std::size_t>(0),
                       thrust::counting_iterator<std::size_t>(B), weights_bad.begin(),
                       detail::hir_rl_weights_bad<T>{c, d_stats});
-  const detail::hir_rl_candidate_issue<T> issue{
-      c, d_stats, weights_bad.empty() ? nullptr : thrust::raw_pointer_cast(weights_bad.data())};
+  const detail::hir_rl_candidate_issue<T> issue{c, d_stats, weights_bad.data()}; // nullptr when empty
   const long long bad = detail::first_index_where(be, n, detail::hir_rl_candidate_bad<T>{issue});
   if (bad >= 0) {
-    thrust::device_vector<int> code(1);
+    const detail::scratch_buffer<int> code(be, 1);
     thrust::transform(detail::policy(be), thrust::counting_iterator<std::size_t>(static_cast<std::size_t>(bad)),
                       thrust::counting_iterator<std::size_t>(static_cast<std::size_t>(bad) + 1), code.begin(), issue);
-    s.issue = {static_cast<relabel_issue>(static_cast<int>(code[0])), bad}; // one scalar read back
+    s.issue = {static_cast<relabel_issue>(to_host(code.view())[0]), bad}; // one scalar read back
     return s;
   }
   const long long empty = detail::first_index_where(be, B, detail::hir_rl_prompt_empty{d_stats});
@@ -353,12 +356,12 @@ hir::detail::replay_candidate_summary replay_candidates_summary_impl(tag_t const
     s.issue = {relabel_issue::prompt_empty, empty};
     return s;
   }
-  thrust::device_vector<std::int64_t> size(B), eligible(B);
+  const detail::scratch_buffer<std::int64_t> size(be, B), eligible(be, B);
   thrust::transform(detail::policy(be), stats.begin(), stats.begin() + B, size.begin(), detail::hir_rl_stat_size{});
   thrust::transform(detail::policy(be), stats.begin(), stats.begin() + B, eligible.begin(),
                     detail::hir_rl_stat_eligible{});
-  s.prompt_size = to_host(size);
-  s.prompt_eligible = to_host(eligible);
+  s.prompt_size = to_host(size.view());
+  s.prompt_eligible = to_host(eligible.view());
   for (auto e : s.prompt_eligible)
     s.eligible += static_cast<std::size_t>(e);
   return s;
@@ -380,18 +383,19 @@ select_replays_impl(tag_t const& be, replay_candidates_ref<T, device_space> c, s
                     hir::detail::replay_plan const& plan, replay_select_options const& opt) {
   const std::size_t n = c.size(), B = c.num_prompts;
   const auto ids = thrust::counting_iterator<std::int64_t>(0);
-  thrust::device_vector<std::int64_t> idx(n);
+  // The eligible candidates, ascending, in the first m entries of idx (scratch; the result is a copy).
+  const detail::scratch_buffer<std::int64_t> idx(be, n);
   const auto last = thrust::copy_if(detail::policy(be), ids, ids + static_cast<std::int64_t>(n), idx.begin(),
                                     detail::hir_rl_eligible_at{c.verdicts});
   const auto m = static_cast<std::size_t>(last - idx.begin());
-  idx.resize(m);
+  const auto idx_end = idx.begin() + static_cast<std::ptrdiff_t>(m);
   if (plan.allocation == replay_allocation::all_eligible)
-    return idx;
+    return thrust::device_vector<std::int64_t>(idx.begin(), idx_end);
   thrust::device_vector<std::int64_t> out;
   if (plan.take == 0 || m == 0)
     return out;
-  thrust::device_vector<double> key(m);
-  thrust::transform(detail::policy(be), idx.begin(), idx.end(), key.begin(),
+  const detail::scratch_buffer<double> key(be, m);
+  thrust::transform(detail::policy(be), idx.begin(), idx_end, key.begin(),
                     detail::hir_rl_key<T>{c, step, lambda, detail::lambda_free_options(opt)});
   // Higher key first; stable, so equal keys keep ascending index order.
   thrust::stable_sort_by_key(detail::policy(be), key.begin(), key.end(), idx.begin(), thrust::greater<double>());
@@ -400,19 +404,28 @@ select_replays_impl(tag_t const& be, replay_candidates_ref<T, device_space> c, s
     out.assign(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(take));
   } else {
     // Group by prompt (stable: the key order survives inside a prompt), rank within the prompt, keep rank < quota.
-    thrust::device_vector<std::int64_t> prompt(m), rank(m);
-    thrust::transform(detail::policy(be), idx.begin(), idx.end(), prompt.begin(),
+    const detail::scratch_buffer<std::int64_t> prompt(be, m), rank(be, m), quota(be, B);
+    thrust::transform(detail::policy(be), idx.begin(), idx_end, prompt.begin(),
                       detail::hir_rl_prompt_of{c.prompt.data()});
     thrust::stable_sort_by_key(detail::policy(be), prompt.begin(), prompt.end(), idx.begin());
     thrust::exclusive_scan_by_key(detail::policy(be), prompt.begin(), prompt.end(),
                                   thrust::constant_iterator<std::int64_t>(1), rank.begin());
-    const thrust::device_vector<std::int64_t> quota(plan.quota.begin(), plan.quota.end());
-    (void)B;
+    HIR_ASSERT(plan.quota.size() == B, "hir: select_replays: the plan has one quota per prompt");
+#if HIR_DEVICE_IS_CUDA
+    // Host -> device on the tag's stream: the workspace block under `quota` may still be read by earlier work queued
+    // on that stream, which a copy on the default stream would not wait for (non-blocking streams).
+    if (const cudaError_t err = cudaMemcpyAsync(quota.data(), plan.quota.data(), B * sizeof(std::int64_t),
+                                                cudaMemcpyHostToDevice, be.stream);
+        err != cudaSuccess)
+      throw hir::cuda_error(static_cast<int>(err), std::string("hir::select_replays: cudaMemcpyAsync of the quotas: ") +
+                                                       cudaGetErrorString(err));
+#else
+    thrust::copy(plan.quota.begin(), plan.quota.end(), quota.begin()); // host -> device
+#endif
     out.resize(m);
-    const auto end = thrust::copy_if(
-        detail::policy(be), idx.begin(), idx.end(), thrust::counting_iterator<std::size_t>(0), out.begin(),
-        detail::hir_rl_within_quota{thrust::raw_pointer_cast(prompt.data()), thrust::raw_pointer_cast(rank.data()),
-                                    thrust::raw_pointer_cast(quota.data())});
+    const auto end =
+        thrust::copy_if(detail::policy(be), idx.begin(), idx_end, thrust::counting_iterator<std::size_t>(0),
+                        out.begin(), detail::hir_rl_within_quota{prompt.data(), rank.data(), quota.data()});
     out.resize(static_cast<std::size_t>(end - out.begin()));
   }
   thrust::sort(detail::policy(be), out.begin(), out.end());
@@ -476,19 +489,20 @@ struct hir_rl_mark_first {
 };
 
 /// The first response of each prompt in [0, B) (entry B collects the out-of-range ones): one stable sort.
-inline thrust::device_vector<std::int64_t>
-first_of_prompt(tag_t const& be, span<const std::int64_t, device_space> prompt, std::size_t num_prompts) {
+inline scratch_buffer<std::int64_t> first_of_prompt(tag_t const& be, span<const std::int64_t, device_space> prompt,
+                                                    std::size_t num_prompts) {
   const std::size_t n = prompt.size();
-  thrust::device_vector<std::int64_t> first(num_prompts + 1, 0), bucket(n), index(n);
+  scratch_buffer<std::int64_t> first(be, num_prompts + 1);
+  thrust::fill(policy(be), first.begin(), first.end(), std::int64_t(0));
   if (n == 0)
     return first;
+  const scratch_buffer<std::int64_t> bucket(be, n), index(be, n);
   thrust::transform(policy(be), thrust::counting_iterator<std::size_t>(0), thrust::counting_iterator<std::size_t>(n),
                     bucket.begin(), hir_rl_prompt_bucket{prompt.data(), num_prompts});
   thrust::sequence(policy(be), index.begin(), index.end());
   thrust::stable_sort_by_key(policy(be), bucket.begin(), bucket.end(), index.begin());
   thrust::for_each(policy(be), thrust::counting_iterator<std::size_t>(0), thrust::counting_iterator<std::size_t>(n),
-                   hir_rl_mark_first{thrust::raw_pointer_cast(bucket.data()), thrust::raw_pointer_cast(index.data()),
-                                     thrust::raw_pointer_cast(first.data())});
+                   hir_rl_mark_first{bucket.data(), index.data(), first.data()});
   return first;
 }
 
@@ -752,6 +766,10 @@ template <class U>
 U* raw_or_null(thrust::device_vector<U>& v) {
   return v.empty() ? nullptr : thrust::raw_pointer_cast(v.data());
 }
+template <class U>
+U* raw_or_null(const scratch_buffer<U>& v) {
+  return v.data(); // nullptr when empty
+}
 
 } // namespace detail
 
@@ -759,12 +777,11 @@ U* raw_or_null(thrust::device_vector<U>& v) {
 /// min-reduction over tokens.
 template <class T>
 hir::detail::relabel_input_issue rollout_batch_check_impl(tag_t const& be, rollout_batch_ref<T, device_space> r) {
-  thrust::device_vector<std::int64_t> first;
-  if (r.constraint_counts.empty())
-    first = detail::first_of_prompt(be, r.prompt, r.num_prompts);
-  return detail::first_issue(
-      be, r.batch * r.length,
-      detail::hir_rl_rollout_token_issue<T>{r, first.empty() ? nullptr : thrust::raw_pointer_cast(first.data())});
+  const detail::scratch_buffer<std::int64_t> first = r.constraint_counts.empty()
+                                                         ? detail::first_of_prompt(be, r.prompt, r.num_prompts)
+                                                         : detail::scratch_buffer<std::int64_t>(be, 0);
+  return detail::first_issue(be, r.batch * r.length,
+                             detail::hir_rl_rollout_token_issue<T>{r, detail::raw_or_null(first)});
 }
 
 /// The first invalid replay index k (out of range, repeated, ineligible, bad recomputed row, empty response).
@@ -777,26 +794,25 @@ hir::detail::relabel_input_issue replay_indices_check_impl(tag_t const& be, roll
   if (K == 0)
     return {};
   // Repeats: stable sort of (index, k); a position equal to its predecessor repeats an earlier replay.
-  thrust::device_vector<std::int64_t> sorted(thrust::device_pointer_cast(replays.data()),
-                                             thrust::device_pointer_cast(replays.data()) + K);
-  thrust::device_vector<std::int64_t> order(K);
-  thrust::device_vector<std::uint8_t> repeated(K, 0);
+  const detail::scratch_buffer<std::int64_t> sorted(be, K), order(be, K);
+  const detail::scratch_buffer<std::uint8_t> repeated(be, K);
+  thrust::copy(detail::policy(be), thrust::device_pointer_cast(replays.data()),
+               thrust::device_pointer_cast(replays.data()) + static_cast<std::ptrdiff_t>(K), sorted.begin());
+  thrust::fill(detail::policy(be), repeated.begin(), repeated.end(), std::uint8_t(0));
   thrust::sequence(detail::policy(be), order.begin(), order.end());
   thrust::stable_sort_by_key(detail::policy(be), sorted.begin(), sorted.end(), order.begin());
-  thrust::for_each(
-      detail::policy(be), thrust::counting_iterator<std::size_t>(1), thrust::counting_iterator<std::size_t>(K),
-      detail::hir_rl_mark_repeated{thrust::raw_pointer_cast(sorted.data()), thrust::raw_pointer_cast(order.data()),
-                                   thrust::raw_pointer_cast(repeated.data())});
-  // Valid tokens of each selected response.
-  thrust::device_vector<long long> valid(K);
+  thrust::for_each(detail::policy(be), thrust::counting_iterator<std::size_t>(1),
+                   thrust::counting_iterator<std::size_t>(K),
+                   detail::hir_rl_mark_repeated{sorted.data(), order.data(), repeated.data()});
+  // Valid tokens of each selected response (one per replay: all written).
+  const detail::scratch_buffer<long long> valid(be, K);
   auto keys = thrust::make_transform_iterator(thrust::counting_iterator<std::size_t>(0), detail::hir_rl_row_of{L});
   auto vals = thrust::make_transform_iterator(thrust::counting_iterator<std::size_t>(0),
                                               detail::hir_rl_replay_valid{replays.data(), r.mask.data(), r.batch, L});
   thrust::reduce_by_key(detail::policy(be), keys, keys + K * L, vals, thrust::make_discard_iterator(), valid.begin());
-  return detail::first_issue(
-      be, K * L,
-      detail::hir_rl_replay_token_issue<T>{r, replays.data(), recomputed, thrust::raw_pointer_cast(repeated.data()),
-                                           thrust::raw_pointer_cast(valid.data()), need_old, need_ref});
+  return detail::first_issue(be, K * L,
+                             detail::hir_rl_replay_token_issue<T>{r, replays.data(), recomputed, repeated.data(),
+                                                                  valid.data(), need_old, need_ref});
 }
 
 /// Builds the N + K rows (see replay_batch.hpp): one functor per row and one per token.
@@ -808,16 +824,17 @@ void build_replay_batch_impl(tag_t const& be, rollout_batch_ref<T, device_space>
   const std::size_t N = r.batch, L = r.length, K = replays.size(), B = r.num_prompts, R = N + K;
   const auto pol = detail::policy(be);
   const auto d_replays = thrust::device_pointer_cast(replays.data());
-  thrust::device_vector<std::int64_t> replay_of(N, -1), row_of_original(N), row_of_replay(K);
+  const detail::scratch_buffer<std::int64_t> replay_of(be, N), row_of_original(be, N), row_of_replay(be, K);
+  thrust::fill(pol, replay_of.begin(), replay_of.end(), std::int64_t(-1));
   thrust::scatter(pol, thrust::counting_iterator<std::int64_t>(0),
                   thrust::counting_iterator<std::int64_t>(static_cast<std::int64_t>(K)), d_replays, replay_of.begin());
   if (opt.placement == replay_placement::after_source) {
     auto has = thrust::make_transform_iterator(replay_of.begin(), detail::hir_rl_has_replay{});
     thrust::exclusive_scan(pol, has, has + static_cast<std::ptrdiff_t>(N), row_of_original.begin());
     thrust::for_each(pol, thrust::counting_iterator<std::size_t>(0), thrust::counting_iterator<std::size_t>(N),
-                     detail::hir_rl_shift_by_index{thrust::raw_pointer_cast(row_of_original.data())});
+                     detail::hir_rl_shift_by_index{row_of_original.data()});
     thrust::transform(pol, d_replays, d_replays + static_cast<std::ptrdiff_t>(K), row_of_replay.begin(),
-                      detail::hir_rl_row_after_source{thrust::raw_pointer_cast(row_of_original.data())});
+                      detail::hir_rl_row_after_source{row_of_original.data()});
   } else {
     thrust::sequence(pol, row_of_original.begin(), row_of_original.end());
     thrust::sequence(pol, row_of_replay.begin(), row_of_replay.end(), static_cast<std::int64_t>(N));
@@ -860,11 +877,10 @@ void build_replay_batch_impl(tag_t const& be, rollout_batch_ref<T, device_space>
   o.ref_logp = detail::raw_or_null(out.ref_logp);
   o.weight = detail::raw_or_null(out.weight);
 
-  const std::int64_t* d_row_orig = thrust::raw_pointer_cast(row_of_original.data());
-  const std::int64_t* d_row_rep = thrust::raw_pointer_cast(row_of_replay.data());
+  const std::int64_t* d_row_orig = row_of_original.data();
+  const std::int64_t* d_row_rep = row_of_replay.data();
   thrust::for_each(pol, thrust::counting_iterator<std::size_t>(0), thrust::counting_iterator<std::size_t>(N),
-                   detail::hir_rl_original_row<T>{r, d_row_orig, d_row_rep, thrust::raw_pointer_cast(replay_of.data()),
-                                                  opt.grouping, o});
+                   detail::hir_rl_original_row<T>{r, d_row_orig, d_row_rep, replay_of.data(), opt.grouping, o});
   thrust::for_each(pol, thrust::counting_iterator<std::size_t>(0), thrust::counting_iterator<std::size_t>(K),
                    detail::hir_rl_replay_row<T>{r, replays.data(), d_row_orig, d_row_rep, opt.grouping,
                                                 static_cast<T>(opt.replay_reward), o});
@@ -872,7 +888,7 @@ void build_replay_batch_impl(tag_t const& be, rollout_batch_ref<T, device_space>
                    detail::hir_rl_original_token<T>{r, d_row_orig, o});
   if (K == 0)
     return;
-  thrust::device_vector<double> seq(truncated && opt.importance == importance_level::sequence ? K : 0);
+  const detail::scratch_buffer<double> seq(be, truncated && opt.importance == importance_level::sequence ? K : 0);
   if (!seq.empty()) {
     auto keys = thrust::make_transform_iterator(thrust::counting_iterator<std::size_t>(0), detail::hir_rl_row_of{L});
     auto vals = thrust::make_transform_iterator(thrust::counting_iterator<std::size_t>(0),
@@ -885,8 +901,7 @@ void build_replay_batch_impl(tag_t const& be, rollout_batch_ref<T, device_space>
                    detail::hir_rl_replay_token<T>{
                        r, replays.data(), d_row_rep, recomputed, opt.old_logp == replay_old_logp::copy_from_source,
                        opt.ref_logp == replay_ref_logp::copy_from_source, opt.importance == importance_level::token,
-                       truncated ? std::log(opt.importance_cap) : 0.0,
-                       seq.empty() ? nullptr : thrust::raw_pointer_cast(seq.data()), o});
+                       truncated ? std::log(opt.importance_cap) : 0.0, detail::raw_or_null(seq), o});
 }
 
 /// Index of the first negative or non-finite weight, or -1.
