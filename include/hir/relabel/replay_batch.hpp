@@ -162,6 +162,33 @@ struct replay_batch {
   hir::vector<T, Backend> weight;                      ///< [R × L] importance weights (truncated_is only, else empty):
                                                        ///< 1 on originals and padding
 
+  /// Sets the counts and sizes every array for R = originals + replays rows of `length` tokens; tokens, ref_logp and
+  /// weight get R × L entries only when present (else none). A reused batch keeps its capacity. Used by the
+  /// backends' build_replay_batch, which then fill every entry.
+  void shape(std::size_t prompts, std::size_t originals, std::size_t replays, std::size_t L, bool with_tokens,
+             bool with_ref_logp, bool with_weight) {
+    const std::size_t R = originals + replays;
+    batch = R;
+    length = L;
+    num_prompts = prompts;
+    num_originals = originals;
+    num_replays = replays;
+    prompt.resize(R);
+    constraint_mask.resize(R);
+    constraint_count.resize(R);
+    reward.resize(R);
+    is_replay.resize(R);
+    origin.resize(R);
+    source_row.resize(R);
+    replay_row.resize(R);
+    group.resize(R);
+    mask.resize(R * L);
+    old_logp.resize(R * L);
+    tokens.resize(with_tokens ? R * L : 0);
+    ref_logp.resize(with_ref_logp ? R * L : 0);
+    weight.resize(with_weight ? R * L : 0);
+  }
+
   /// The token view for advantages and losses: mask, old_logp, ref_logp (logp is left empty: the caller's forward
   /// pass under each row's instruction provides it).
   token_batch_ref<T, space> token_batch() const {

@@ -301,7 +301,7 @@ template <class T>
 void build_replay_batch_impl(tag_t const&, rollout_batch_ref<T, host_space> r,
                              span<const std::int64_t, host_space> replays, replay_logp_ref<T, host_space> recomputed,
                              replay_batch_options const& opt, replay_batch<T, tag_t>& out) {
-  const std::size_t N = r.batch, L = r.length, K = replays.size(), B = r.num_prompts, R = N + K;
+  const std::size_t N = r.batch, L = r.length, K = replays.size(), B = r.num_prompts;
   std::vector<std::int64_t> replay_of(N, -1), row_of_original(N), row_of_replay(K);
   for (std::size_t k = 0; k < K; ++k)
     replay_of[static_cast<std::size_t>(replays[k])] = static_cast<std::int64_t>(k);
@@ -319,29 +319,9 @@ void build_replay_batch_impl(tag_t const&, rollout_batch_ref<T, host_space> r,
       row_of_replay[k] = static_cast<std::int64_t>(N + k);
   }
 
-  out.batch = R;
-  out.length = L;
-  out.num_prompts = B;
-  out.num_originals = N;
-  out.num_replays = K;
-  out.prompt.resize(R);
-  out.constraint_mask.resize(R);
-  out.constraint_count.resize(R);
-  out.reward.resize(R);
-  out.is_replay.resize(R);
-  out.origin.resize(R);
-  out.source_row.resize(R);
-  out.replay_row.resize(R);
-  out.group.resize(R);
-  out.mask.resize(R * L);
-  out.old_logp.resize(R * L);
-  out.tokens.resize(r.tokens.empty() ? 0 : R * L); // a reused batch keeps its capacity
-  out.ref_logp.resize(r.ref_logp.empty() ? 0 : R * L);
   const bool truncated = opt.old_logp == replay_old_logp::truncated_is;
-  if (truncated)
-    out.weight.assign(R * L, T(1));
-  else
-    out.weight.clear();
+  out.shape(B, N, K, L, !r.tokens.empty(), !r.ref_logp.empty(), truncated);
+  std::fill(out.weight.begin(), out.weight.end(), T(1));
 
   auto copy_row = [L](const auto* src, std::size_t from, auto* dst, std::size_t to) {
     std::memcpy(dst + to * L, src + from * L, L * sizeof(*src));

@@ -821,7 +821,7 @@ void build_replay_batch_impl(tag_t const& be, rollout_batch_ref<T, device_space>
                              span<const std::int64_t, device_space> replays,
                              replay_logp_ref<T, device_space> recomputed, replay_batch_options const& opt,
                              replay_batch<T, tag_t>& out) {
-  const std::size_t N = r.batch, L = r.length, K = replays.size(), B = r.num_prompts, R = N + K;
+  const std::size_t N = r.batch, L = r.length, K = replays.size(), B = r.num_prompts;
   const auto pol = detail::policy(be);
   const auto d_replays = thrust::device_pointer_cast(replays.data());
   const detail::scratch_buffer<std::int64_t> replay_of(be, N), row_of_original(be, N), row_of_replay(be, K);
@@ -841,25 +841,7 @@ void build_replay_batch_impl(tag_t const& be, rollout_batch_ref<T, device_space>
   }
 
   const bool truncated = opt.old_logp == replay_old_logp::truncated_is;
-  out.batch = R;
-  out.length = L;
-  out.num_prompts = B;
-  out.num_originals = N;
-  out.num_replays = K;
-  out.prompt.resize(R);
-  out.constraint_mask.resize(R);
-  out.constraint_count.resize(R);
-  out.reward.resize(R);
-  out.is_replay.resize(R);
-  out.origin.resize(R);
-  out.source_row.resize(R);
-  out.replay_row.resize(R);
-  out.group.resize(R);
-  out.mask.resize(R * L);
-  out.old_logp.resize(R * L);
-  out.tokens.resize(r.tokens.empty() ? 0 : R * L); // a reused batch keeps its capacity
-  out.ref_logp.resize(r.ref_logp.empty() ? 0 : R * L);
-  out.weight.resize(truncated ? R * L : 0);
+  out.shape(B, N, K, L, !r.tokens.empty(), !r.ref_logp.empty(), truncated);
 
   detail::hir_rl_batch_out<T> o;
   o.prompt = thrust::raw_pointer_cast(out.prompt.data());
