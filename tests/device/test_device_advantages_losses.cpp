@@ -53,25 +53,8 @@ hir::span<const T, hir::device_space> dview(const dvec<T>& v) {
   return hir::view(v);
 }
 
-/// The message of the hir::invalid_argument f throws, or "" if it does not throw.
-template <class F>
-std::string what_of(F&& f) {
-  try {
-    f();
-  } catch (const hir::invalid_argument& e) {
-    return e.what();
-  }
-  return "";
-}
-
-/// max |x| over a vector (at least 1e-30).
-template <class V>
-double max_abs(const V& v) {
-  double m = 1e-30;
-  for (auto x : v)
-    m = std::max(m, std::fabs(static_cast<double>(x)));
-  return m;
-}
+using hir::test::max_abs;
+using hir::test::what_of;
 
 // ---------------------------------------------------------------------------------------------------------------
 // policy_loss

@@ -52,24 +52,8 @@ using cpu_be = hir::backend::cpu::tag_t;
 using device_be = hir::backend::device::tag_t;
 using i64 = std::vector<std::int64_t>;
 
-/// The message of the hir::invalid_argument f throws, or "" if it does not throw.
-template <class F>
-std::string what_of(F&& f) {
-  try {
-    f();
-  } catch (const hir::invalid_argument& e) {
-    return e.what();
-  }
-  return "";
-}
-
-template <class V>
-double max_abs(const V& v) {
-  double m = 1e-30;
-  for (auto x : v)
-    m = std::max(m, std::fabs(static_cast<double>(x)));
-  return m;
-}
+using hir::test::max_abs;
+using hir::test::what_of;
 
 /// Bitwise equality (NaN garbage copied through compares equal).
 template <class T>

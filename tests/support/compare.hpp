@@ -3,8 +3,11 @@
 // mismatch with its index, and random-input helpers.
 #pragma once
 
+#include <hir/core/error.hpp>
+
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -14,6 +17,26 @@
 #include <vector>
 
 namespace hir::test {
+
+/// The message of the hir::invalid_argument f throws, or "" if it does not throw.
+template <class F>
+std::string what_of(F&& f) {
+  try {
+    f();
+  } catch (const hir::invalid_argument& e) {
+    return e.what();
+  }
+  return "";
+}
+
+/// max |x| over a vector (at least 1e-30).
+template <class V>
+double max_abs(const V& v) {
+  double m = 1e-30;
+  for (auto x : v)
+    m = std::max(m, std::fabs(static_cast<double>(x)));
+  return m;
+}
 
 /// Index of the first element outside tolerance, or -1.
 template <class A, class E>
