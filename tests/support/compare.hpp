@@ -38,14 +38,14 @@ double max_abs(const V& v) {
   return m;
 }
 
-/// Index of the first element outside tolerance, or -1.
+/// Index of the first element outside tolerance, or -1 (equal values, infinities included, always agree).
 template <class A, class E>
 long long first_mismatch(const std::vector<A>& actual, const std::vector<E>& expected, double abs_tol, double rel_tol) {
   if (actual.size() != expected.size())
     return 0;
   for (std::size_t i = 0; i < actual.size(); ++i) {
     const double a = static_cast<double>(actual[i]), e = static_cast<double>(expected[i]);
-    if (!(std::fabs(a - e) <= abs_tol + rel_tol * std::fabs(e)))
+    if (a != e && !(std::fabs(a - e) <= abs_tol + rel_tol * std::fabs(e)))
       return static_cast<long long>(i);
   }
   return -1;

@@ -143,13 +143,13 @@ double batch_std(span<const T, host_space> s, std_kind kind) {
 /// Per-call constants of the uniform fast path: out = (s − center·μ)·f with f = factor/(sqrt(max(ss/var_div,
 /// floor)) + ε) (group_std) or f = fixed, and f = 0 for constant groups.
 struct uniform_params {
-  double center;  ///< 1: subtract the group mean; 0: no baseline
-  bool group_std; ///< scale by the group std
-  double var_div; ///< n − 1 or n
-  double floor;   ///< variance floor
-  double epsilon; ///< added to the std
-  double factor;  ///< n/(n − 1) for leave-one-out, else 1
-  double fixed;   ///< f without group_std: factor/batch_denominator or factor
+  double center;      ///< 1: subtract the group mean; 0: no baseline
+  bool group_std;     ///< scale by the group std
+  double inv_var_div; ///< 1/(n − 1) or 1/n
+  double floor;       ///< variance floor
+  double epsilon;     ///< added to the std
+  double factor;      ///< n/(n − 1) for leave-one-out, else 1
+  double fixed;       ///< f without group_std: factor/batch_denominator or factor
 };
 
 #if HIR_CPU_AVX512
@@ -166,7 +166,7 @@ constexpr int ga_log2(int g) {
 /// (g2 g1 g0 | k_{m−1} … k0); a register's lane is the low 4 bits and its number the rest. Each stage pairs the
 /// registers that differ in one register bit and swaps that bit with a lane bit holding a k bit (one vpermt2ps
 /// per output register), until every g bit is a lane bit; the last stage also orders the lanes as (g0 g1 g2 k0).
-/// G = 2 has no register bits: a single-source vpermps orders the lanes. The inverse applies the stages backwards.
+/// G = 2 has no register bits: a single-source vpermps orders the lanes.
 template <int G>
 struct ga_transpose_plan {
   static constexpr int m = ga_log2(G);
@@ -176,9 +176,8 @@ struct ga_transpose_plan {
     int stages = 0;
     int pair_bit[4] = {};                         ///< register bit paired at each stage (−1: single source)
     alignas(64) std::int32_t fwd[4][16][16] = {}; ///< [stage][output register][lane] vpermt2ps indices
-    alignas(64) std::int32_t inv[4][16][16] = {};
-    int row_vector[32] = {}; ///< register holding row k after the forward stages
-    int row_half[32] = {};   ///< and its half
+    int row_vector[32] = {};                      ///< register holding row k after the forward stages
+    int row_half[32] = {};                        ///< and its half
   };
   /// Physical position (register·16 + lane) of element f under layout L (L[p] = element bit stored at bit p).
   static constexpr int position(const int* layout, int f) {
@@ -228,7 +227,6 @@ struct ga_transpose_plan {
     t.stages = s;
     for (int st = 0; st < s; ++st) {
       fill(t.fwd[st], layouts[st], layouts[st + 1], t.pair_bit[st]);
-      fill(t.inv[st], layouts[st + 1], layouts[st], t.pair_bit[st]);
     }
     for (int k = 0; k < G; ++k) {
       const int p = position(last, k); // element (g = 0, k)
@@ -258,10 +256,61 @@ __attribute__((always_inline)) inline void ga_permute(__m512* z, const std::int3
     z[v] = o[v];
 }
 
-/// Advantages of 8 consecutive groups of G floats at x (8·G values) into y. Returns false, writing nothing, if a
-/// score is not finite (the sum of squared deviations is then NaN: finite floats cannot overflow it in double).
+/// y = (x − c_hi[g])·f[g] − clf[g] for the 8 groups of a block (8·G floats at x and y, G ≤ 8), the per-group
+/// values given as 8 floats and expanded to the lanes of each 16-float register by a vpermps. Writes nothing and
+/// returns false if a result is not finite (a difference x − c_hi beyond the float range: scores near ±3.4e38).
 template <int G>
-__attribute__((always_inline)) inline bool ga_block8(const float* x, float* y, const uniform_params& p) {
+__attribute__((always_inline)) inline bool ga_store_output(const float* x, float* y, __m256 c_hi, __m256 f_f,
+                                                           __m256 clf) {
+  static_assert(G <= 8, "larger groups are stored as parts of 8");
+  constexpr int nv = G / 2;
+  const __m512 ch = _mm512_zextps256_ps512(c_hi), ff = _mm512_zextps256_ps512(f_f), cl = _mm512_zextps256_ps512(clf);
+  __m512 o[nv];
+  __mmask16 bad = 0;
+  for (int v = 0; v < nv; ++v) {
+    alignas(64) std::int32_t lanes[16];
+    for (int l = 0; l < 16; ++l)
+      lanes[l] = (16 * v + l) / G;
+    const __m512i idx = _mm512_load_si512(lanes);
+    const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(x + 16 * v), _mm512_permutexvar_ps(idx, ch));
+    o[v] = _mm512_fmsub_ps(d, _mm512_permutexvar_ps(idx, ff), _mm512_permutexvar_ps(idx, cl));
+    bad |= _mm512_cmp_ps_mask(_mm512_sub_ps(o[v], o[v]), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+  }
+  if (bad)
+    return false;
+  for (int v = 0; v < nv; ++v)
+    _mm512_storeu_ps(y + 16 * v, o[v]);
+  return true;
+}
+
+/// The block computed in double, group by group, with exact sqrt and division: the fast path's fallback for scales
+/// beyond the float range (groups of subnormal scores with ε = 0, scores near ±3.4e38). Same formula, same
+/// constant-group rule. x holds n groups of G finite floats.
+inline void ga_block_double(const float* x, float* y, int G, int n, const uniform_params& p) {
+  for (int g = 0; g < n; ++g) {
+    const float* v = x + g * G;
+    const double r0 = v[0];
+    double s1 = 0, s2 = 0;
+    for (int k = 1; k < G; ++k) {
+      const double d = static_cast<double>(v[k]) - r0;
+      s1 += d;
+      s2 += d * d;
+    }
+    const double mean = r0 + s1 / G, ss = s2 - s1 * s1 / G;
+    double f = p.group_std ? p.factor / (std::sqrt(std::max(ss * p.inv_var_div, p.floor)) + p.epsilon) : p.fixed;
+    if (ss == 0)
+      f = 0;
+    const double c = mean * p.center;
+    float* out = y + g * G;
+    for (int k = 0; k < G; ++k)
+      out[k] = static_cast<float>((static_cast<double>(v[k]) - c) * f);
+  }
+}
+
+/// Shifted sums of 8 consecutive groups of G floats at x (8·G values), one group per double lane: r0 = the group's
+/// first value, s1 = Σ_k d_k and s2 = Σ_k d_k² with d_k = x_k − r0, pairwise (short dependency chains).
+template <int G>
+__attribute__((always_inline)) inline void ga_sums8(const float* x, __m512d& r0, __m512d& s1, __m512d& s2) {
   constexpr auto& plan = ga_transpose_plan<G>::tables;
   constexpr int nv = G / 2;
   __m512 z[nv];
@@ -277,10 +326,6 @@ __attribute__((always_inline)) inline bool ga_block8(const float* x, float* y, c
             ? _mm512_maskz_cvtps_pd(0xFF, _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(h), 1)))
             : _mm512_maskz_cvtps_pd(0xFF, _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(h), 0)));
   }
-  // Shifted sums about the group's first value: d_k = r_k − r_0, S1 = Σ d_k, S2 = Σ d_k², pairwise (short
-  // dependency chains), then ss = S2 − S1²/G. r_0 lies inside the group's range, so S2 ≤ G·range² ≤ 2G·ss and the
-  // subtraction loses at most log2(2G) bits: ss keeps ≥ 46 correct bits, and is exactly 0 iff the group is constant.
-  // G is a power of two, so · (1/G) is the exact division.
   for (int k = 1; k < G; ++k) {
     t[k] = _mm512_sub_pd(r[k], r[0]);
     q[k] = _mm512_mul_pd(t[k], t[k]);
@@ -295,9 +340,42 @@ __attribute__((always_inline)) inline bool ga_block8(const float* x, float* y, c
         q[k] = _mm512_add_pd(q[k], q[k + w]);
       }
     }
+  r0 = r[0];
+  s1 = t[0];
+  s2 = q[0];
+}
+
+/// Merges the shifted sums of neighbouring lanes (lane ⊕ Dist; n values each) into sums over both, about each lane's
+/// own r0: with δ = r0' − r0 (exact: a difference of two floats), S1 = s1 + s1' + n·δ and
+/// S2 = s2 + s2' + 2δ·s1' + n·δ² (Σ (d' + δ)² expanded). Both lanes end with the same group's sums.
+template <int Dist>
+__attribute__((always_inline)) inline void ga_merge_lanes(__m512d r0, __m512d& s1, __m512d& s2, double n) {
+  const auto other = [](__m512d v) {
+    static_assert(Dist == 1 || Dist == 2, "lanes merge in pairs, then pairs of pairs");
+    if constexpr (Dist == 1)
+      return _mm512_permute_pd(v, 0x55); // swap within pairs
+    else
+      return _mm512_permutex_pd(v, 0x4E); // swap pairs within 256-bit halves
+  };
+  const __m512d nv = _mm512_set1_pd(n);
+  const __m512d delta = _mm512_sub_pd(other(r0), r0), s1o = other(s1), s2o = other(s2);
+  const __m512d new_s1 = _mm512_fmadd_pd(nv, delta, _mm512_add_pd(s1, s1o));
+  const __m512d cross = _mm512_fmadd_pd(_mm512_add_pd(s1o, s1o), delta, _mm512_mul_pd(nv, _mm512_mul_pd(delta, delta)));
+  s2 = _mm512_add_pd(_mm512_add_pd(s2, s2o), cross);
+  s1 = new_s1;
+}
+
+/// Advantages from the shifted sums of 8 lanes (each lane a group of G values, or an 8-value part of one when G > 8:
+/// ga_merge_lanes gave every part its group's sums) into y, the 8 lanes' values being 8·Gl floats at x (Gl = min(G,
+/// 8)). ss = S2 − S1²/G: r0 lies inside the group's range, so S2 ≤ G·range² ≤ 2G·ss and the subtraction loses at
+/// most log2(2G) bits: ss keeps ≥ 46 correct bits, and is exactly 0 iff the group is constant. G is a power of two,
+/// so · (1/G) is the exact division. Returns false, writing nothing, if a score is not finite (the sum of squared
+/// deviations is then NaN: finite floats cannot overflow it in double).
+template <int G>
+__attribute__((always_inline)) inline bool ga_finish8(const float* x, float* y, __m512d r0, __m512d s1, __m512d s2,
+                                                      const uniform_params& p) {
   const __m512d inv_g = _mm512_set1_pd(1.0 / G);
-  const __m512d s1 = t[0], s2 = q[0];
-  const __m512d mean = _mm512_fmadd_pd(s1, inv_g, r[0]);
+  const __m512d mean = _mm512_fmadd_pd(s1, inv_g, r0);
   const __m512d ss = _mm512_fnmadd_pd(_mm512_mul_pd(s1, s1), inv_g, s2);
   // A non-finite score makes S2 (or S1) inf or NaN, hence ss inf or NaN; finite floats cannot overflow it in double.
   if (_mm512_cmp_pd_mask(_mm512_sub_pd(ss, ss), _mm512_setzero_pd(), _CMP_NEQ_UQ))
@@ -306,38 +384,52 @@ __attribute__((always_inline)) inline bool ga_block8(const float* x, float* y, c
   if (p.group_std) {
     // var > 0 unless the group is constant (· 1/(n − 1) is within an ulp of the division)
     const __m512d var =
-        _mm512_maskz_max_pd(0xFF, _mm512_mul_pd(ss, _mm512_set1_pd(1.0 / p.var_div)), _mm512_set1_pd(p.floor));
-    // sqrt(var) = var · rsqrt(var) and 1/(sqrt(var) + ε), each from a 14-bit estimate and two Newton steps
-    // (relative error below 1e-15); constant groups (var = 0 → NaN here) are masked to f = 0 below.
+        _mm512_maskz_max_pd(0xFF, _mm512_mul_pd(ss, _mm512_set1_pd(p.inv_var_div)), _mm512_set1_pd(p.floor));
+    // sqrt(var) = var · rsqrt(var) and 1/(sqrt(var) + ε), each from a 14-bit estimate and one Newton step (relative
+    // error below 2⁻²⁶ each, so f is within 2⁻²⁵ of its exact value: finer than the float output's rounding);
+    // constant groups (var = 0 → NaN here) are masked to f = 0 below.
     const __m512d half_var = _mm512_mul_pd(var, _mm512_set1_pd(0.5)), three_halves = _mm512_set1_pd(1.5);
     __m512d rs = _mm512_maskz_rsqrt14_pd(0xFF, var);
     rs = _mm512_mul_pd(rs, _mm512_fnmadd_pd(_mm512_mul_pd(half_var, rs), rs, three_halves));
-    rs = _mm512_mul_pd(rs, _mm512_fnmadd_pd(_mm512_mul_pd(half_var, rs), rs, three_halves));
-    const __m512d den = _mm512_add_pd(_mm512_mul_pd(var, rs), _mm512_set1_pd(p.epsilon));
-    const __m512d one = _mm512_set1_pd(1.0);
+    const __m512d den = _mm512_fmadd_pd(var, rs, _mm512_set1_pd(p.epsilon));
     __m512d inv = _mm512_maskz_rcp14_pd(0xFF, den);
-    inv = _mm512_fmadd_pd(inv, _mm512_fnmadd_pd(den, inv, one), inv);
-    inv = _mm512_fmadd_pd(inv, _mm512_fnmadd_pd(den, inv, one), inv);
+    inv = _mm512_fmadd_pd(inv, _mm512_fnmadd_pd(den, inv, _mm512_set1_pd(1.0)), inv);
     f = _mm512_mul_pd(inv, _mm512_set1_pd(p.factor));
   } else {
     f = _mm512_set1_pd(p.fixed);
   }
   f = _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(ss, _mm512_setzero_pd(), _CMP_NEQ_OQ), f); // constant group: 0
-  // (r − c)·f as r·f − c·f in one rounding: the error relative to the result stays below 2^-24 even for groups
-  // whose values differ in their last float bit.
-  const __m512d cf = _mm512_mul_pd(_mm512_mul_pd(mean, _mm512_set1_pd(p.center)), f);
-  for (int k = 0; k < G; ++k) {
-    const __m256 h = _mm512_maskz_cvtpd_ps(0xFF, _mm512_fmsub_pd(r[k], f, cf));
-    const int v = plan.row_vector[k];
-    const __m512d zv = _mm512_castps_pd(z[v]);
-    z[v] = _mm512_castpd_ps(plan.row_half[k] ? _mm512_mask_insertf64x4(zv, 0xFF, zv, _mm256_castps_pd(h), 1)
-                                             : _mm512_mask_insertf64x4(zv, 0xFF, zv, _mm256_castps_pd(h), 0));
-  }
-  for (int st = plan.stages - 1; st >= 0; --st)
-    ga_permute<G>(z, plan.inv[st], plan.pair_bit[st]);
-  for (int v = 0; v < nv; ++v)
-    _mm512_storeu_ps(y + 16 * v, z[v]);
+  // Output in float, from the scores in their original layout (reloaded: L1-resident; an in-place y reads each
+  // register's scores before writing them): y = (x − c_hi)·f − c_lo·f with the baseline c = center·μ split into
+  // c_hi = float(c) and c_lo = float(c − c_hi). x − c_hi is exact when x is within a factor 2 of c_hi (Sterbenz) and
+  // else rounds relative to a result of about |x|; the fused multiply-subtract rounds once more, so the error relative
+  // to the result stays within a few 2⁻²⁴ even for groups whose values differ in their last float bit.
+  const __m512d c = _mm512_mul_pd(mean, _mm512_set1_pd(p.center));
+  const __m256 c_hi = _mm512_maskz_cvtpd_ps(0xFF, c);
+  const __m256 c_lo = _mm512_maskz_cvtpd_ps(0xFF, _mm512_sub_pd(c, _mm512_maskz_cvtps_pd(0xFF, c_hi)));
+  const __m256 f_f = _mm512_maskz_cvtpd_ps(0xFF, f);
+  const __m256 clf = _mm256_mul_ps(c_lo, f_f);
+  // f beyond [2⁻¹⁰⁰, 2¹⁰⁰] (other than 0) would lose precision or overflow as a float: that block goes through double.
+  const __m256 af = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), f_f);
+  const __mmask8 nonzero = _mm256_cmp_ps_mask(af, _mm256_setzero_ps(), _CMP_NEQ_OQ);
+  const __mmask8 scale_out = _mm256_mask_cmp_ps_mask(nonzero, af, _mm256_set1_ps(0x1p-100f), _CMP_LT_OQ) |
+                             _mm256_cmp_ps_mask(af, _mm256_set1_ps(0x1p100f), _CMP_GT_OQ);
+  if (scale_out || !ga_store_output<(G < 8 ? G : 8)>(x, y, c_hi, f_f, clf))
+    ga_block_double(x, y, G, G <= 8 ? 8 : 64 / G, p);
   return true;
+}
+
+/// Advantages of 8 consecutive groups of G ≤ 8 floats at x (8·G values) into y, or of 64/G groups of G ≥ 16 (64
+/// values: 8 parts of 8, whose sums are merged per group); false, writing nothing, if a score is not finite.
+template <int G>
+__attribute__((always_inline)) inline bool ga_block(const float* x, float* y, const uniform_params& p) {
+  __m512d r0, s1, s2;
+  ga_sums8<(G < 8 ? G : 8)>(x, r0, s1, s2);
+  if constexpr (G >= 16)
+    ga_merge_lanes<1>(r0, s1, s2, 8.0);
+  if constexpr (G >= 32)
+    ga_merge_lanes<2>(r0, s1, s2, 16.0);
+  return ga_finish8<G>(x, y, r0, s1, s2, p);
 }
 
 /// Groups [g_begin, g_end) (g_end − g_begin a multiple of 8) of a uniform float layout; returns the first group of
@@ -345,8 +437,9 @@ __attribute__((always_inline)) inline bool ga_block8(const float* x, float* y, c
 template <int G>
 long long ga_uniform_blocks(const float* s, float* out, std::size_t g_begin, std::size_t g_end,
                             const uniform_params& p) {
-  for (std::size_t g = g_begin; g < g_end; g += 8)
-    if (!ga_block8<G>(s + g * G, out + g * G, p))
+  constexpr std::size_t per_block = G <= 8 ? 8 : 64 / G; // groups per ga_block call
+  for (std::size_t g = g_begin; g < g_end; g += per_block)
+    if (!ga_block<G>(s + g * G, out + g * G, p))
       return static_cast<long long>(g);
   return -1;
 }
@@ -425,7 +518,7 @@ long long group_advantages_uniform(span<const T, host_space> scores, group_ref<h
     uniform_params p{};
     p.center = opt.baseline == baseline_kind::none ? 0.0 : 1.0;
     p.group_std = opt.scale == scale_kind::group_std;
-    p.var_div = opt.std == std_kind::unbiased ? dn - 1.0 : dn;
+    p.inv_var_div = 1.0 / (opt.std == std_kind::unbiased ? dn - 1.0 : dn);
     p.floor = opt.variance_floor;
     p.epsilon = opt.epsilon;
     p.factor = loo ? dn / (dn - 1.0) : 1.0;
