@@ -434,13 +434,26 @@ __attribute__((always_inline)) inline bool ga_block(const float* x, float* y, co
 
 /// Groups [g_begin, g_end) (g_end − g_begin a multiple of 8) of a uniform float layout; returns the first group of
 /// a block holding a non-finite score (that block and the ones after it are not written), or -1.
+/// How far ahead ga_uniform_blocks prefetches (floats): 2 KiB, about 30 blocks of the G = 8 kernel.
+inline constexpr std::size_t ga_prefetch_floats = 512;
+
 template <int G>
 long long ga_uniform_blocks(const float* s, float* out, std::size_t g_begin, std::size_t g_end,
                             const uniform_params& p) {
   constexpr std::size_t per_block = G <= 8 ? 8 : 64 / G; // groups per ga_block call
-  for (std::size_t g = g_begin; g < g_end; g += per_block)
+  for (std::size_t g = g_begin; g < g_end; g += per_block) {
+    // Software prefetch of both streams, ga_prefetch_floats ahead (a hint: an address past the end is dropped, never
+    // faults; formed as an integer, not by pointer arithmetic): out of cache the hardware prefetchers alone left the
+    // kernel at about half the triad's bandwidth.
+    for (std::size_t k = 0; k < per_block * G; k += 16) {
+      constexpr std::uintptr_t ahead = ga_prefetch_floats * sizeof(float);
+      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(s + g * G + k) + ahead), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(out + g * G + k) + ahead),
+                   _MM_HINT_T0);
+    }
     if (!ga_block<G>(s + g * G, out + g * G, p))
       return static_cast<long long>(g);
+  }
   return -1;
 }
 
