@@ -257,30 +257,21 @@ __attribute__((always_inline)) inline void ga_permute(__m512* z, const std::int3
 }
 
 /// y = (x − c_hi[g])·f[g] − clf[g] for the 8 groups of a block (8·G floats at x and y, G ≤ 8), the per-group
-/// values given as 8 floats and expanded to the lanes of each 16-float register by a vpermps. Writes nothing and
-/// returns false if a result is not finite (a difference x − c_hi beyond the float range: scores near ±3.4e38).
+/// values given as 8 floats and expanded to the lanes of each 16-float register by a vpermps.
 template <int G>
-__attribute__((always_inline)) inline bool ga_store_output(const float* x, float* y, __m256 c_hi, __m256 f_f,
+__attribute__((always_inline)) inline void ga_store_output(const float* x, float* y, __m256 c_hi, __m256 f_f,
                                                            __m256 clf) {
   static_assert(G <= 8, "larger groups are stored as parts of 8");
   constexpr int nv = G / 2;
   const __m512 ch = _mm512_zextps256_ps512(c_hi), ff = _mm512_zextps256_ps512(f_f), cl = _mm512_zextps256_ps512(clf);
-  __m512 o[nv];
-  __mmask16 bad = 0;
   for (int v = 0; v < nv; ++v) {
     alignas(64) std::int32_t lanes[16];
     for (int l = 0; l < 16; ++l)
       lanes[l] = (16 * v + l) / G;
     const __m512i idx = _mm512_load_si512(lanes);
     const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(x + 16 * v), _mm512_permutexvar_ps(idx, ch));
-    o[v] = _mm512_fmsub_ps(d, _mm512_permutexvar_ps(idx, ff), _mm512_permutexvar_ps(idx, cl));
-    bad |= _mm512_cmp_ps_mask(_mm512_sub_ps(o[v], o[v]), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    _mm512_storeu_ps(y + 16 * v, _mm512_fmsub_ps(d, _mm512_permutexvar_ps(idx, ff), _mm512_permutexvar_ps(idx, cl)));
   }
-  if (bad)
-    return false;
-  for (int v = 0; v < nv; ++v)
-    _mm512_storeu_ps(y + 16 * v, o[v]);
-  return true;
 }
 
 /// The block computed in double, group by group, with exact sqrt and division: the fast path's fallback for scales
@@ -409,12 +400,19 @@ __attribute__((always_inline)) inline bool ga_finish8(const float* x, float* y, 
   const __m256 c_lo = _mm512_maskz_cvtpd_ps(0xFF, _mm512_sub_pd(c, _mm512_maskz_cvtps_pd(0xFF, c_hi)));
   const __m256 f_f = _mm512_maskz_cvtpd_ps(0xFF, f);
   const __m256 clf = _mm256_mul_ps(c_lo, f_f);
-  // f beyond [2⁻¹⁰⁰, 2¹⁰⁰] (other than 0) would lose precision or overflow as a float: that block goes through double.
-  const __m256 af = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), f_f);
-  const __mmask8 nonzero = _mm256_cmp_ps_mask(af, _mm256_setzero_ps(), _CMP_NEQ_OQ);
-  const __mmask8 scale_out = _mm256_mask_cmp_ps_mask(nonzero, af, _mm256_set1_ps(0x1p-100f), _CMP_LT_OQ) |
-                             _mm256_cmp_ps_mask(af, _mm256_set1_ps(0x1p100f), _CMP_GT_OQ);
-  if (scale_out || !ga_store_output<(G < 8 ? G : 8)>(x, y, c_hi, f_f, clf))
+  // The float path can neither overflow nor lose precision when every score of the block has |x| < 2¹²⁶ (|r0| < 2¹²⁵
+  // and |x − r0| ≤ √s2 < 2¹²⁵, so |x − c_hi| < 2¹²⁷) and f is 0 or within [2⁻¹⁰⁰, 2¹⁰⁰]; other blocks (scores near
+  // ±FLT_MAX, groups of subnormal scores with ε = 0) go through double.
+  const __m512d af = _mm512_abs_pd(f);
+  const __mmask8 f_normal = _mm512_mask_cmp_pd_mask(_mm512_cmp_pd_mask(af, _mm512_set1_pd(0x1p-100), _CMP_GE_OQ), af,
+                                                    _mm512_set1_pd(0x1p100), _CMP_LE_OQ);
+  const __mmask8 f_ok = f_normal | _mm512_cmp_pd_mask(af, _mm512_setzero_pd(), _CMP_EQ_OQ);
+  const __mmask8 x_ok =
+      _mm512_mask_cmp_pd_mask(_mm512_cmp_pd_mask(_mm512_abs_pd(r0), _mm512_set1_pd(0x1p125), _CMP_LT_OQ), s2,
+                              _mm512_set1_pd(0x1p250), _CMP_LT_OQ);
+  if ((f_ok & x_ok) == 0xFF)
+    ga_store_output<(G < 8 ? G : 8)>(x, y, c_hi, f_f, clf);
+  else
     ga_block_double(x, y, G, G <= 8 ? 8 : 64 / G, p);
   return true;
 }
