@@ -93,8 +93,8 @@ std::vector<double> reference(const batch<T>& b, const hir::reinforce_pp_options
 }
 
 /// A random batch: ragged groups (ids shuffled over the rows), masks with a prompt-like prefix, holes and padding,
-/// binary or continuous scores, log-probs around −2.
-batch<double> random_batch(std::mt19937_64& rng) {
+/// binary or continuous scores, log-probs around −2; lengths 1 … max_length.
+batch<double> random_batch(std::mt19937_64& rng, std::size_t max_length = 12) {
   batch<double> b;
   const int groups = 1 + static_cast<int>(rng() % 6);
   for (int g = 0; g < groups; ++g) {
@@ -104,7 +104,7 @@ batch<double> random_batch(std::mt19937_64& rng) {
   }
   std::shuffle(b.ids.begin(), b.ids.end(), rng);
   b.rows = b.ids.size();
-  b.length = 1 + rng() % 12;
+  b.length = 1 + rng() % max_length;
   b.mask.assign(b.rows * b.length, 0);
   std::normal_distribution<double> lp(-2.0, 0.7);
   const bool binary = rng() % 2 == 0;
@@ -256,6 +256,48 @@ TEST_CASE_TEMPLATE("reinforce_pp: presets and options match the naive double ref
       HIR_CHECK_CLOSE(run<B>(b, opt), reference(b, opt), 1e-10, 1e-9);
       const auto f = b.as<float>();
       HIR_CHECK_CLOSE(run<B>(f, opt), reference(f, opt), 2e-5, 2e-5);
+    }
+  }
+}
+
+TEST_CASE_TEMPLATE("reinforce_pp: long rows, discounts, holes and non-finite padding (vectorized rows)", B,
+                   HIR_TEST_BACKEND) {
+  // Rows longer than one 8-position chunk of the CPU backend's AVX-512 row kernel (float log-probs, k1 or no KL), with
+  // lengths that leave partial chunks, and inf/NaN log-probs at masked positions, which must be ignored.
+  std::vector<std::pair<const char*, hir::reinforce_pp_options>> configs;
+  auto o = hir::presets::verl_reinforce_pp(0.05);
+  configs.push_back({"k1 0.05", o});
+  o.gamma = 0.9;
+  configs.push_back({"k1 0.05, gamma 0.9", o});
+  o.whiten = hir::whitening::keep_mean;
+  o.std = hir::std_kind::biased;
+  configs.push_back({"k1, gamma 0.9, keep_mean, biased", o});
+  o = hir::presets::verl_reinforce_pp(0.0);
+  o.gamma = 0.8;
+  o.whiten = hir::whitening::center_only;
+  configs.push_back({"no KL, gamma 0.8, center_only", o});
+  o = hir::presets::verl_reinforce_pp(0.2);
+  o.whiten = hir::whitening::none;
+  configs.push_back({"k1 0.2, no whitening", o});
+  o = hir::presets::verl_reinforce_pp(0.1);
+  o.baseline = hir::reinforce_baseline::group_mean_of_score;
+  configs.push_back({"k1, score baseline", o});
+  std::mt19937_64 rng(hir::test::seed(12));
+  for (int trial = 0; trial < 40; ++trial) {
+    const auto b = random_batch(rng, 100);
+    auto dirty = b; // the reference multiplies padding by 0, so it sees the finite batch
+    for (std::size_t k = 0; k < b.mask.size(); ++k)
+      if (!b.mask[k] && rng() % 4 == 0)
+        dirty.old_lp[k] = rng() % 2 ? std::numeric_limits<double>::infinity() : std::nan("");
+    CAPTURE(trial);
+    CAPTURE(b.length);
+    if (valid_tokens(b.mask) < 2)
+      continue;
+    for (const auto& [label, opt] : configs) {
+      const std::string name = label;
+      CAPTURE(name);
+      HIR_CHECK_CLOSE(run<B>(dirty.as<float>(), opt), reference(b.as<float>(), opt), 2e-5, 2e-5);
+      HIR_CHECK_CLOSE(run<B>(dirty, opt), reference(b, opt), 1e-10, 1e-9);
     }
   }
 }

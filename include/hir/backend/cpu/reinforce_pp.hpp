@@ -8,6 +8,7 @@
 #pragma once
 
 #include <hir/advantages/reinforce_pp.hpp>
+#include <hir/backend/cpu/group_advantages.hpp> // HIR_CPU_AVX512 and <immintrin.h>
 #include <hir/backend/cpu/tag.hpp>
 #include <hir/detail/group_kernels.hpp>
 
@@ -123,6 +124,60 @@ void reinforce_row_sums(const M* m, const double* g, std::size_t length, double 
   s2 = ((b[0] + b[4]) + (b[2] + b[6])) + ((b[1] + b[5]) + (b[3] + b[7]));
 }
 
+#if HIR_CPU_AVX512
+/// The returns of one row of float log-probs, 8 positions (one zmm of doubles) at a time from its last valid
+/// position down to 0, without scratch: in each chunk the recursion G_t = r_t + c_t·G_{t+1} is a composition of
+/// affine maps, scanned in three steps (lane j composes with lanes j + 1, j + 2, j + 4: A ← A + B·A', B ← B·B'), then
+/// G = A + B·G_next with G_next the return at the chunk's upper end. r_t = −β·(old − ref)·m_t (k1 in the reward, or
+/// none), plus `terminal` at `last`; c_t = γ·m_{t+1}. Calls emit(t0, lanes, valid, G) for every chunk from the top:
+/// positions t0 … t0 + 7 (`lanes` of them inside the row), `valid` the mask bits, G the returns (0 above `last`).
+/// The inputs must have been validated (finite where valid, mask in {0, 1}).
+template <class Emit>
+inline void reinforce_row_avx512(const std::uint8_t* m, const float* old_lp, const float* ref_lp, std::size_t length,
+                                 std::size_t last, double terminal, double beta, double gamma, bool kl, Emit&& emit) {
+  const __m512d zero = _mm512_setzero_pd(), one = _mm512_set1_pd(1.0), neg_beta = _mm512_set1_pd(-beta);
+  const __m512d gam = _mm512_set1_pd(gamma), term = _mm512_set1_pd(terminal);
+  const auto lanes_from = [length](std::size_t t) -> __mmask8 { // positions t … t + 7 inside the row
+    return t >= length ? __mmask8(0) : length - t >= 8 ? __mmask8(0xFF) : __mmask8((1u << (length - t)) - 1u);
+  };
+  const std::size_t top = (length - 1) / 8 * 8, last_chunk = last / 8 * 8;
+  for (std::size_t t0 = top; t0 > last_chunk; t0 -= 8) // above the last valid position: G = 0
+    emit(t0, lanes_from(t0), __mmask8(0), zero);
+  __m512d carry = zero; // G at the upper end of the chunk
+  for (std::size_t t0 = last_chunk + 8; t0 > 0;) {
+    t0 -= 8;
+    const __mmask8 in_row = lanes_from(t0), next_in_row = lanes_from(t0 + 1);
+    const __m128i mv = _mm_maskz_loadu_epi8(in_row, m + t0), mn = _mm_maskz_loadu_epi8(next_in_row, m + t0 + 1);
+    const __mmask8 valid = static_cast<__mmask8>(_mm_test_epi8_mask(mv, mv));
+    const __mmask8 next_valid = static_cast<__mmask8>(_mm_test_epi8_mask(mn, mn));
+    __m512d a = zero;
+    if (kl) {
+      const __m512d o = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(in_row, old_lp + t0));
+      const __m512d r = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(in_row, ref_lp + t0));
+      a = _mm512_maskz_mul_pd(valid, neg_beta, _mm512_sub_pd(o, r));
+    }
+    if (t0 == last_chunk)
+      a = _mm512_mask_add_pd(a, static_cast<__mmask8>(1u << (last - t0)), a, term);
+    __m512d b = _mm512_maskz_mov_pd(next_valid, gam);
+    __m512d as = _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(zero), _mm512_castpd_si512(a), 1));
+    __m512d bs = _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(one), _mm512_castpd_si512(b), 1));
+    a = _mm512_fmadd_pd(b, as, a);
+    b = _mm512_mul_pd(b, bs);
+    as = _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(zero), _mm512_castpd_si512(a), 2));
+    bs = _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(one), _mm512_castpd_si512(b), 2));
+    a = _mm512_fmadd_pd(b, as, a);
+    b = _mm512_mul_pd(b, bs);
+    as = _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(zero), _mm512_castpd_si512(a), 4));
+    bs = _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(one), _mm512_castpd_si512(b), 4));
+    a = _mm512_fmadd_pd(b, as, a);
+    b = _mm512_mul_pd(b, bs);
+    const __m512d g = _mm512_fmadd_pd(b, carry, a);
+    emit(t0, in_row, valid, g);
+    carry = _mm512_permutexvar_pd(_mm512_setzero_si512(), g); // G_{t0}, for the chunk below
+  }
+}
+#endif
+
 } // namespace detail
 
 template <class T>
@@ -162,6 +217,108 @@ void reinforce_pp_advantages_impl(tag_t const&, span<const T, host_space> scores
   if (o.baseline == reinforce_baseline::group_mean_of_score)
     subtract_group_means();
 
+  // Validates row i (mask entries, a valid token, finite log-probs where valid); returns its valid tokens.
+  auto validate_row = [&](std::size_t i) {
+    const std::uint8_t* m = mask + i * L;
+    std::size_t n = 0;
+    std::uint8_t bad = 0;
+    for (std::size_t t = 0; t < L; ++t) {
+      n += m[t];
+      bad |= static_cast<std::uint8_t>(m[t] & 0xFE);
+    }
+    if (bad)
+      for (std::size_t t = 0; t < L; ++t)
+        if (m[t] > 1)
+          hir::detail::fail(fn, "mask[", i, ", ", t, "] = ", static_cast<int>(m[t]), " is neither 0 nor 1");
+    if (n == 0)
+      hir::detail::fail(fn, "row ", i,
+                        " has no valid token (its mask is all 0); drop empty responses or keep "
+                        "their end-of-sequence token");
+    if (kl && (detail::any_non_finite_at_valid(m, old_lp + i * L, L) ||
+               detail::any_non_finite_at_valid(m, ref_lp + i * L, L)))
+      for (std::size_t t = 0; t < L; ++t) {
+        if (!m[t])
+          continue;
+        if (!std::isfinite(static_cast<double>(old_lp[i * L + t])))
+          hir::detail::fail(fn, "old_logp[", i, ", ", t, "] = ", old_lp[i * L + t], " is not finite");
+        if (!std::isfinite(static_cast<double>(ref_lp[i * L + t])))
+          hir::detail::fail(fn, "ref_logp[", i, ", ", t, "] = ", ref_lp[i * L + t], " is not finite");
+      }
+    return n;
+  };
+  const bool scaled = o.whiten == whitening::standard || o.whiten == whitening::keep_mean;
+  // whiten(a) = (a − center)·scale + add: standard (μ, r, 0), center_only (μ, 1, 0), keep_mean (μ, r, μ), none.
+  auto whitening_of = [&](const detail::moments& all, std::size_t total_valid, double& center, double& scale,
+                          double& add) {
+    if (scaled && o.std == std_kind::unbiased && total_valid < 2)
+      hir::detail::fail(fn, "whitening with unbiased variance needs at least 2 valid tokens in the batch (it has ",
+                        total_valid, ")");
+    center = 0.0;
+    scale = 1.0;
+    if (o.whiten != whitening::none) {
+      center = all.mean;
+      if (scaled)
+        scale = hir::detail::reinforce_whiten_scale(
+            all.m2 / (o.std == std_kind::unbiased ? all.count - 1.0 : all.count), o);
+    }
+    add = o.whiten == whitening::keep_mean ? center : 0.0;
+  };
+
+#if HIR_CPU_AVX512
+  // Float log-probs with k1 in the reward (or no KL) and per-token returns: the vectorized row kernel, row by row,
+  // two passes (validation and statistics, then the output), no scratch.
+  if constexpr (std::is_same_v<T, float>) {
+    if (!tiled && (!kl || (o.kl == kl_estimator::k1 && !o.kl_clamp_every_estimator))) {
+      const auto last_valid = [&](std::size_t i) {
+        const std::uint8_t* m = mask + i * L;
+        std::size_t t = L - 1;
+        while (!m[t])
+          --t; // a valid token exists (validated)
+        return t;
+      };
+      detail::moments all;
+      std::size_t total_valid = 0;
+      for (std::size_t i = 0; i < B; ++i) {
+        const std::size_t n = validate_row(i);
+        total_valid += n;
+        if (o.whiten == whitening::none)
+          continue;
+        const std::size_t last = last_valid(i);
+        const double shift = // G at the last valid position (its sums about it lose at most log2(2L) bits)
+            (kl ? -o.kl_coef * (static_cast<double>(old_lp[i * L + last]) - static_cast<double>(ref_lp[i * L + last]))
+                : 0.0) +
+            row_value[i];
+        const __m512d sh = _mm512_set1_pd(shift);
+        __m512d s1v = _mm512_setzero_pd(), s2v = _mm512_setzero_pd();
+        detail::reinforce_row_avx512(mask + i * L, kl ? old_lp + i * L : nullptr, kl ? ref_lp + i * L : nullptr, L,
+                                     last, row_value[i], o.kl_coef, o.gamma, kl,
+                                     [&](std::size_t, __mmask8, __mmask8 valid, __m512d g) {
+                                       const __m512d d = _mm512_sub_pd(g, sh);
+                                       s1v = _mm512_mask_add_pd(s1v, valid, s1v, d);
+                                       s2v = _mm512_mask3_fmadd_pd(d, d, s2v, valid);
+                                     });
+        const double nn = static_cast<double>(n), s1 = _mm512_reduce_add_pd(s1v), s2 = _mm512_reduce_add_pd(s2v);
+        const double m2 = s2 - s1 * s1 / nn;
+        all.merge(nn, shift + s1 / nn, m2 > 0.0 ? m2 : 0.0);
+      }
+      double center, scale, add;
+      whitening_of(all, total_valid, center, scale, add);
+      const __m512d cv = _mm512_set1_pd(center), sv = _mm512_set1_pd(scale), av = _mm512_set1_pd(add);
+      for (std::size_t i = 0; i < B; ++i) {
+        float* y = out.data() + i * L;
+        detail::reinforce_row_avx512(
+            mask + i * L, kl ? old_lp + i * L : nullptr, kl ? ref_lp + i * L : nullptr, L, last_valid(i), row_value[i],
+            o.kl_coef, o.gamma, kl, [&](std::size_t t0, __mmask8 in_row, __mmask8 valid, __m512d g) {
+              // + 0.0 turns −0 into +0, as the scalar path does
+              const __m512d w = _mm512_add_pd(_mm512_fmadd_pd(_mm512_sub_pd(g, cv), sv, av), _mm512_setzero_pd());
+              _mm256_mask_storeu_ps(y + t0, in_row, _mm512_maskz_cvtpd_ps(valid, w));
+            });
+      }
+      return;
+    }
+  }
+#endif
+
   std::vector<double> work(2 * R * L);
   double* r = work.data();
   double* c = work.data() + R * L;
@@ -174,33 +331,8 @@ void reinforce_pp_advantages_impl(tag_t const&, span<const T, host_space> scores
     for (std::size_t j = 0; j < rows; ++j) {
       const std::size_t i = i0 + j;
       const std::uint8_t* m = mask + i * L;
-      if (check) {
-        std::size_t n = 0;
-        std::uint8_t bad = 0;
-        for (std::size_t t = 0; t < L; ++t) {
-          n += m[t];
-          bad |= static_cast<std::uint8_t>(m[t] & 0xFE);
-        }
-        if (bad)
-          for (std::size_t t = 0; t < L; ++t)
-            if (m[t] > 1)
-              hir::detail::fail(fn, "mask[", i, ", ", t, "] = ", static_cast<int>(m[t]), " is neither 0 nor 1");
-        if (n == 0)
-          hir::detail::fail(fn, "row ", i,
-                            " has no valid token (its mask is all 0); drop empty responses or keep "
-                            "their end-of-sequence token");
-        if (kl && (detail::any_non_finite_at_valid(m, old_lp + i * L, L) ||
-                   detail::any_non_finite_at_valid(m, ref_lp + i * L, L)))
-          for (std::size_t t = 0; t < L; ++t) {
-            if (!m[t])
-              continue;
-            if (!std::isfinite(static_cast<double>(old_lp[i * L + t])))
-              hir::detail::fail(fn, "old_logp[", i, ", ", t, "] = ", old_lp[i * L + t], " is not finite");
-            if (!std::isfinite(static_cast<double>(ref_lp[i * L + t])))
-              hir::detail::fail(fn, "ref_logp[", i, ", ", t, "] = ", ref_lp[i * L + t], " is not finite");
-          }
-        valid[j] = n;
-      }
+      if (check)
+        valid[j] = validate_row(i);
       last[j] = detail::reinforce_row_rewards(m, kl ? old_lp + i * L : nullptr, kl ? ref_lp + i * L : nullptr, L,
                                               tiled ? 0.0 : row_value[i], kl, o, r + j * L, c + j * L);
     }
@@ -241,26 +373,14 @@ void reinforce_pp_advantages_impl(tag_t const&, span<const T, host_space> scores
       all.merge(n, shift + s1 / n, m2 > 0.0 ? m2 : 0.0);
     }
   }
-  const bool scaled = o.whiten == whitening::standard || o.whiten == whitening::keep_mean;
-  if (scaled && o.std == std_kind::unbiased && total_valid < 2)
-    hir::detail::fail(fn, "whitening with unbiased variance needs at least 2 valid tokens in the batch (it has ",
-                      total_valid, ")");
   if (tiled) {
     subtract_group_means();
     if (o.whiten != whitening::none)
       for (std::size_t i = 0; i < B; ++i)
         all.merge(row_count[i], row_value[i], 0.0);
   }
-  double mu = 0.0, scale = 1.0;
-  if (o.whiten != whitening::none) {
-    mu = all.mean;
-    if (scaled) {
-      scale =
-          hir::detail::reinforce_whiten_scale(all.m2 / (o.std == std_kind::unbiased ? all.count - 1.0 : all.count), o);
-    }
-  }
-  // whiten(a) = (a − center)·scale + add: standard (μ, r, 0), center_only (μ, 1, 0), keep_mean (μ, r, μ), none.
-  const double center = mu, add = o.whiten == whitening::keep_mean ? mu : 0.0;
+  double center, scale, add;
+  whitening_of(all, total_valid, center, scale, add);
   auto whiten = [&](double a) { return (a - center) * scale + add; };
 
   // (2) Output: 0 at masked positions.
