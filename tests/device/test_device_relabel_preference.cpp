@@ -494,12 +494,7 @@ TEST_CASE("device vs cpu: sequence_logp and its token gradient (float and double
 
 namespace {
 
-/// Rows of a replay batch given on the host (only the fields pair building reads).
-struct pair_rows {
-  i64 prompt, source_row;
-  std::vector<double> reward;
-  std::vector<std::uint8_t> is_replay;
-};
+using hir::test::pair_rows;
 
 /// Random rows: prompt ids from a small arbitrary set (negative, large, unsorted), originals and replays of them,
 /// rewards from {0, 0.5, 1, random}.
@@ -525,18 +520,10 @@ pair_rows random_pair_rows(std::mt19937_64& rng, std::size_t R) {
   return h;
 }
 
+/// Pairs of h on backend B into out; the error message, or "" on success.
 template <class B>
 std::string pairs_of(const pair_rows& h, const hir::preference_pair_options& o, hir::preference_pairs<B>& out) {
-  const auto prompt = hir::test::upload<B>(h.prompt), src = hir::test::upload<B>(h.source_row);
-  const auto reward = hir::test::upload<B>(h.reward);
-  const auto rep = hir::test::upload<B>(h.is_replay);
-  hir::replay_batch_ref<double, hir::memory_space_t<B>> r;
-  r.batch = h.prompt.size();
-  r.prompt = hir::view(prompt);
-  r.source_row = hir::view(src);
-  r.reward = hir::view(reward);
-  r.is_replay = hir::view(rep);
-  return what_of([&] { out = hir::build_preference_pairs(B{}, r, o); });
+  return what_of([&] { out = hir::test::pairs_of<B>(h, o); });
 }
 
 void check_same_pairs(const hir::preference_pairs<cpu_be>& c, const hir::preference_pairs<device_be>& d) {

@@ -115,4 +115,26 @@ struct backend_rollouts {
   }
 };
 
+/// Rows of a replay batch given on the host (only the fields pair building reads).
+struct pair_rows {
+  std::vector<std::int64_t> prompt, source_row;
+  std::vector<double> reward;
+  std::vector<std::uint8_t> is_replay;
+};
+
+/// build_preference_pairs on backend B for rows given on the host (copied to B's memory first).
+template <class B>
+hir::preference_pairs<B> pairs_of(const pair_rows& h, const hir::preference_pair_options& o) {
+  const auto prompt = upload<B>(h.prompt), src = upload<B>(h.source_row);
+  const auto reward = upload<B>(h.reward);
+  const auto rep = upload<B>(h.is_replay);
+  hir::replay_batch_ref<double, hir::memory_space_t<B>> r;
+  r.batch = h.prompt.size();
+  r.prompt = hir::view(prompt);
+  r.source_row = hir::view(src);
+  r.reward = hir::view(reward);
+  r.is_replay = hir::view(rep);
+  return hir::build_preference_pairs(B{}, r, o);
+}
+
 } // namespace hir::test

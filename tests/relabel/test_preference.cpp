@@ -17,26 +17,8 @@ namespace {
 
 using i64 = std::vector<std::int64_t>;
 
-/// A replay batch given row by row on the host (only the fields pair building reads).
-struct host_rows {
-  std::vector<std::int64_t> prompt, source_row;
-  std::vector<double> reward;
-  std::vector<std::uint8_t> is_replay;
-};
-
-template <class B>
-hir::preference_pairs<B> pairs_of(const host_rows& h, const hir::preference_pair_options& o) {
-  const auto prompt = hir::test::upload<B>(h.prompt), src = hir::test::upload<B>(h.source_row);
-  const auto reward = hir::test::upload<B>(h.reward);
-  const auto rep = hir::test::upload<B>(h.is_replay);
-  hir::replay_batch_ref<double, hir::memory_space_t<B>> r;
-  r.batch = h.prompt.size();
-  r.prompt = hir::view(prompt);
-  r.source_row = hir::view(src);
-  r.reward = hir::view(reward);
-  r.is_replay = hir::view(rep);
-  return hir::build_preference_pairs(B{}, r, o);
-}
+using hir::test::pair_rows;
+using hir::test::pairs_of;
 
 /// Naive dual-level loss: per-pair formulas, level means, weights.
 double naive_loss(const i64& c, const i64& r, const std::vector<std::uint8_t>& lv, const std::vector<double>& lp,
@@ -76,7 +58,7 @@ hir::preference_loss_result loss_of(const hir::preference_pairs_ref<hir::memory_
 
 TEST_CASE_TEMPLATE("build_preference_pairs: hand-worked batches", B, HIR_TEST_BACKEND) {
   // prompt 0: rows 0, 1 succeed, rows 2, 3 fail; prompt 1: rows 4, 5 fail (no pair); row 6 replays row 2.
-  host_rows h{{0, 0, 0, 0, 1, 1, 0}, {0, 1, 2, 3, 4, 5, 2}, {1, 1, 0, 0, 0, 0, 1}, {0, 0, 0, 0, 0, 0, 1}};
+  pair_rows h{{0, 0, 0, 0, 1, 1, 0}, {0, 1, 2, 3, 4, 5, 2}, {1, 1, 0, 0, 0, 0, 1}, {0, 0, 0, 0, 0, 0, 1}};
   hir::preference_pair_options o;
   auto p = pairs_of<B>(h, o);
   CHECK(hir::to_host(p.chosen) == i64{0, 0, 1, 1, 6});
@@ -318,9 +300,9 @@ TEST_CASE_TEMPLATE("preference losses: bad input gives clear errors", B, HIR_TES
     throws(p, {-1, -2, -3}, oo, "kind = 7 is not a preference_loss_kind");
   }
   // pair building
-  host_rows h{{0, 0, 1}, {0, 1, 0}, {1, 0, 1}, {0, 0, 1}}; // row 2 replays row 0 of another prompt
+  pair_rows h{{0, 0, 1}, {0, 1, 0}, {1, 0, 1}, {0, 0, 1}}; // row 2 replays row 0 of another prompt
   CHECK_THROWS_WITH_AS(pairs_of<B>(h, {}), doctest::Contains("row 2 has a non-finite reward"), hir::invalid_argument);
-  CHECK_THROWS_WITH_AS(pairs_of<B>(host_rows{}, {}), doctest::Contains("the batch is empty"), hir::invalid_argument);
+  CHECK_THROWS_WITH_AS(pairs_of<B>(pair_rows{}, {}), doctest::Contains("the batch is empty"), hir::invalid_argument);
   // sequence_logp
   const auto lp = hir::test::upload<B>(std::vector<double>{-1, -2, -3, -4});
   const auto m = hir::test::upload<B>(std::vector<std::uint8_t>{1, 1, 1, 3});
