@@ -262,8 +262,9 @@ TEST_CASE_TEMPLATE("reinforce_pp: presets and options match the naive double ref
 
 TEST_CASE_TEMPLATE("reinforce_pp: long rows, discounts, holes and non-finite padding (vectorized rows)", B,
                    HIR_TEST_BACKEND) {
-  // Rows longer than one 8-position chunk of the CPU backend's AVX-512 row kernel (float log-probs, k1 or no KL), with
-  // lengths that leave partial chunks, and inf/NaN log-probs at masked positions, which must be ignored.
+  // Rows longer than one 8-position chunk of the CPU backend's AVX-512 row kernels (float log-probs, k1 or no KL;
+  // per-token returns and the group mean of the return), with lengths that leave partial chunks, and inf/NaN
+  // log-probs at masked positions, which must be ignored.
   std::vector<std::pair<const char*, hir::reinforce_pp_options>> configs;
   auto o = hir::presets::verl_reinforce_pp(0.05);
   configs.push_back({"k1 0.05", o});
@@ -282,6 +283,10 @@ TEST_CASE_TEMPLATE("reinforce_pp: long rows, discounts, holes and non-finite pad
   o = hir::presets::verl_reinforce_pp(0.1);
   o.baseline = hir::reinforce_baseline::group_mean_of_score;
   configs.push_back({"k1, score baseline", o});
+  configs.push_back({"verl_reinforce_pp_baseline(0.05)", hir::presets::verl_reinforce_pp_baseline(0.05)});
+  o = hir::presets::verl_reinforce_pp_baseline(0.0);
+  o.whiten = hir::whitening::keep_mean;
+  configs.push_back({"return baseline, no KL, keep_mean", o});
   std::mt19937_64 rng(hir::test::seed(12));
   for (int trial = 0; trial < 40; ++trial) {
     const auto b = random_batch(rng, 100);

@@ -176,6 +176,33 @@ inline void reinforce_row_avx512(const std::uint8_t* m, const float* old_lp, con
     carry = _mm512_permutexvar_pd(_mm512_setzero_si512(), g); // G_{t0}, for the chunk below
   }
 }
+
+/// Σ_t m_t·(−β)·(old_t − ref_t) over one row of float log-probs (8 lanes of double partial sums, reduced in a fixed
+/// order); masked positions are ignored whatever they hold.
+inline double reinforce_row_k1_sum_avx512(const std::uint8_t* m, const float* old_lp, const float* ref_lp,
+                                          std::size_t length, double beta) {
+  __m512d acc = _mm512_setzero_pd();
+  const __m512d neg_beta = _mm512_set1_pd(-beta);
+  for (std::size_t t0 = 0; t0 < length; t0 += 8) {
+    const __mmask8 in_row = length - t0 >= 8 ? __mmask8(0xFF) : __mmask8((1u << (length - t0)) - 1u);
+    const __m128i mv = _mm_maskz_loadu_epi8(in_row, m + t0);
+    const __mmask8 valid = static_cast<__mmask8>(_mm_test_epi8_mask(mv, mv));
+    const __m512d d = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_maskz_loadu_ps(in_row, old_lp + t0)),
+                                    _mm512_cvtps_pd(_mm256_maskz_loadu_ps(in_row, ref_lp + t0)));
+    acc = _mm512_mask3_fmadd_pd(neg_beta, d, acc, valid);
+  }
+  return _mm512_reduce_add_pd(acc);
+}
+
+/// y[t] = m_t ? a : 0 over one row.
+inline void reinforce_row_fill_avx512(const std::uint8_t* m, float a, std::size_t length, float* y) {
+  const __m512 av = _mm512_set1_ps(a);
+  for (std::size_t t0 = 0; t0 < length; t0 += 16) {
+    const __mmask16 in_row = length - t0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (length - t0)) - 1u);
+    const __m128i mv = _mm_maskz_loadu_epi8(in_row, m + t0);
+    _mm512_mask_storeu_ps(y + t0, in_row, _mm512_maskz_mov_ps(_mm_test_epi8_mask(mv, mv), av));
+  }
+}
 #endif
 
 } // namespace detail
@@ -265,10 +292,34 @@ void reinforce_pp_advantages_impl(tag_t const&, span<const T, host_space> scores
   };
 
 #if HIR_CPU_AVX512
-  // Float log-probs with k1 in the reward (or no KL) and per-token returns: the vectorized row kernel, row by row,
-  // two passes (validation and statistics, then the output), no scratch.
+  // Float log-probs with k1 in the reward (or no KL): vectorized row kernels, row by row, two passes (validation and
+  // statistics, then the output), no scratch: per-token returns by reinforce_row_avx512, or (group mean of the
+  // return) one masked sum per row.
   if constexpr (std::is_same_v<T, float>) {
-    if (!tiled && (!kl || (o.kl == kl_estimator::k1 && !o.kl_clamp_every_estimator))) {
+    const bool simple_kl = !kl || (o.kl == kl_estimator::k1 && !o.kl_clamp_every_estimator);
+    if (tiled && simple_kl) { // one value per row: a_i = score_i − β Σ_t k_t m_t − group mean, tiled over the row
+      detail::moments all;
+      std::size_t total_valid = 0;
+      std::vector<double> count(B);
+      for (std::size_t i = 0; i < B; ++i) {
+        count[i] = static_cast<double>(validate_row(i));
+        total_valid += static_cast<std::size_t>(count[i]);
+        if (kl)
+          row_value[i] +=
+              detail::reinforce_row_k1_sum_avx512(mask + i * L, old_lp + i * L, ref_lp + i * L, L, o.kl_coef);
+      }
+      subtract_group_means();
+      if (o.whiten != whitening::none)
+        for (std::size_t i = 0; i < B; ++i)
+          all.merge(count[i], row_value[i], 0.0);
+      double center, scale, add;
+      whitening_of(all, total_valid, center, scale, add);
+      for (std::size_t i = 0; i < B; ++i)
+        detail::reinforce_row_fill_avx512(mask + i * L, static_cast<float>((row_value[i] - center) * scale + add + 0.0),
+                                          L, out.data() + i * L);
+      return;
+    }
+    if (!tiled && simple_kl) {
       const auto last_valid = [&](std::size_t i) {
         const std::uint8_t* m = mask + i * L;
         std::size_t t = L - 1;
