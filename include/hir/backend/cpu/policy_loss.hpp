@@ -2,11 +2,11 @@
 // CPU implementation of policy_loss. With input_validation::before_writing, pass 1 reads the inputs once to check them
 // (integer OR reductions on exponent bits, so it vectorizes) and to count valid tokens and sequences. Pass 2 walks the
 // batch row by row and, within a row, in chunks of 256 tokens that stay in L1: the mask is expanded to lane masks,
-// one loop computes the policy-gradient term (hir::detail::policy_pg_token) and a second adds the KL term
-// (hir::detail::kl_token), writing the gradient and buffering the summed terms, which are then added into 16 float
-// lanes and flushed into double per chunk; clip flags are counted exactly as integers. No loop needs a reassociated
-// floating-point reduction, so g++ -O3 vectorizes them without -ffast-math. Nothing proportional to B·L is allocated
-// (a few KiB of stack per call).
+// and one loop over blocks of 16 tokens computes the policy-gradient term (hir::detail::policy_pg_token) and the KL
+// term (hir::detail::kl_token), writes the gradient and adds the summed terms into 16 float lanes (token j of a block
+// into lane j), flushed into double per chunk; clip flags are counted exactly as integers. No loop needs a
+// reassociated floating-point reduction, so g++ -O3 vectorizes the block loop without -ffast-math. Nothing
+// proportional to B·L is allocated (a few KiB of stack per call).
 #pragma once
 
 #include <hir/backend/cpu/tag.hpp>
@@ -185,74 +185,66 @@ inline T keep_if(T v, lane_bits_t<T> bits) {
 
 /// Lanes and chunk of the token loop: 16 lanes of float partial sums, flushed into double every 256 tokens.
 constexpr std::size_t loss_lanes = 16, loss_chunk = 256;
-/// Float terms summed per token (buffered per chunk, then added into lanes).
+/// Float terms summed per token (into 16 lanes per chunk).
 enum loss_sum_index { q_pg, q_kl, q_ratio, q_log_ratio, q_count };
 /// Clip flags are summed exactly as one integer per chunk: low + 2^10·high + 2^20·dual (≤ 256 each per chunk).
 constexpr std::int32_t code_high = 1 << 10, code_dual = 1 << 20;
 
-/// The token loops over one chunk (n ≤ loss_chunk tokens of one row, L1-resident): the gradient into g, each summed
-/// float term into buf[q][t], and the clip-flag code sum returned. Two loops (policy-gradient term, then the KL
-/// term, which adds into g) keep each loop's live values within the vector registers. Masked positions are set to 0
-/// on input (logp = old = ref = A = 0), which makes every summed term exactly 0 there (ρ − 1 is summed instead of
-/// ρ), so only the gradient needs the mask on output. ℓ − ℓ and κ − κ are added to the summed terms: 0 for finite
-/// inputs, NaN otherwise (how input_validation::fused detects bad inputs). Plain loops over t with restrict pointers
-/// and only an integer reduction are what g++ vectorizes best (constants hoisted, no alias checks, no reassociation
-/// needed).
+/// The token loop over one chunk (n ≤ loss_chunk tokens of one row, L1-resident): the gradient into g, each summed
+/// float term into its 16 lanes f[q][·] (token t into lane t mod 16), and the clip-flag code sum returned. Masked
+/// positions are set to 0 on input (logp = old = ref = A = 0), which makes every summed term exactly 0 there (ρ − 1
+/// is summed instead of ρ), so only the gradient needs the mask on output. ℓ − ℓ and κ − κ are added to the summed
+/// terms: 0 for finite inputs, NaN otherwise (how input_validation::fused detects bad inputs). Blocks of 16 tokens
+/// with the lane index as the inner loop, restrict pointers and only lane-wise sums are what g++ vectorizes best
+/// (one zmm per lane array, constants hoisted, no alias checks, no reassociation needed); merging the KL term into
+/// the same loop saves reloading the inputs and the gradient (≈ 4% over two loops with a buffer).
 template <policy_loss_kind K, hir::detail::kl_family F, class T>
-inline std::int32_t
-loss_chunk_loop(const T* __restrict x, const T* __restrict o, const T* __restrict r, const T* __restrict a,
-                const lane_bits_t<T>* __restrict lane_mask, T* __restrict g, std::size_t n, T row_ratio, T row_pass,
-                T w, const hir::detail::policy_token_params<T>& params, T (*__restrict buf)[loss_chunk]) {
+inline std::int32_t loss_chunk_loop(const T* __restrict x, const T* __restrict o, const T* __restrict r,
+                                    const T* __restrict a, const lane_bits_t<T>* __restrict lane_mask, T* __restrict g,
+                                    std::size_t n, T row_ratio, T row_pass, T w,
+                                    const hir::detail::policy_token_params<T>& params, T (*__restrict f)[loss_lanes]) {
   constexpr bool has_kl = F != hir::detail::kl_family::none;
   constexpr bool has_clip = K != policy_loss_kind::reinforce;
   constexpr bool token_ratio = K != policy_loss_kind::gspo; // GSPO's ratio is per row
   const hir::detail::policy_token_params<T> p = params;     // a local copy: no aliasing with the outputs
-  std::int32_t code = 0;
-  for (std::size_t t = 0; t < n; ++t) {
+  T s_pg[loss_lanes] = {}, s_kl[loss_lanes] = {}, s_ratio[loss_lanes] = {}, s_lr[loss_lanes] = {};
+  std::int32_t codes[loss_lanes] = {};
+  const auto token = [&](std::size_t t, std::size_t j) __attribute__((always_inline)) {
     const lane_bits_t<T> b = lane_mask[t];
     const T xv = keep_if(x[t], b), ov = keep_if(o[t], b), av = keep_if(a[t], b);
     const auto e = hir::detail::policy_pg_token<K, T>(xv, ov, av, row_ratio, row_pass, p);
-    g[t] = has_kl ? e.grad : keep_if(w * e.grad, b);
-    buf[q_pg][t] = e.pg;
-    const T l_raw = xv - ov; // ℓ − ℓ: 0 for finite ℓ, NaN for a non-finite logp or old_logp
-    buf[q_log_ratio][t] = e.log_ratio + (l_raw - l_raw);
-    if constexpr (token_ratio)
-      buf[q_ratio][t] = e.ratio - T(1); // exact near 1; 0 at masked positions
-    if constexpr (has_clip)
-      code += (e.low ? 1 : 0) + (e.high ? code_high : 0) + (e.dual ? code_dual : 0);
-  }
-  if constexpr (has_kl) {
-    for (std::size_t t = 0; t < n; ++t) {
-      const lane_bits_t<T> b = lane_mask[t];
-      const T xv = keep_if(x[t], b), rv = keep_if(r[t], b);
-      const auto e = hir::detail::kl_token<F, T>(xv, rv, p);
-      g[t] = keep_if(w * (g[t] + p.kl_coef * e.grad), b);
+    T grad = e.grad;
+    if constexpr (has_kl) {
+      const T rv = keep_if(r[t], b);
+      const auto k = hir::detail::kl_token<F, T>(xv, rv, p);
+      grad += p.kl_coef * k.grad;
       const T kappa = xv - rv; // κ − κ: 0 for finite κ, NaN for a non-finite logp or ref_logp
-      buf[q_kl][t] = e.value + (kappa - kappa);
+      s_kl[j] += k.value + (kappa - kappa);
     }
+    g[t] = keep_if(w * grad, b);
+    s_pg[j] += e.pg;
+    const T l_raw = xv - ov; // ℓ − ℓ: 0 for finite ℓ, NaN for a non-finite logp or old_logp
+    s_lr[j] += e.log_ratio + (l_raw - l_raw);
+    if constexpr (token_ratio)
+      s_ratio[j] += e.ratio - T(1); // exact near 1; 0 at masked positions
+    if constexpr (has_clip)
+      codes[j] += (e.low ? 1 : 0) + (e.high ? code_high : 0) + (e.dual ? code_dual : 0);
+  };
+  std::size_t t0 = 0;
+  for (; t0 + loss_lanes <= n; t0 += loss_lanes)
+    for (std::size_t j = 0; j < loss_lanes; ++j)
+      token(t0 + j, j);
+  for (std::size_t j = 0; t0 + j < n; ++j)
+    token(t0 + j, j);
+  std::int32_t code = 0;
+  for (std::size_t j = 0; j < loss_lanes; ++j) {
+    f[q_pg][j] = s_pg[j];
+    f[q_kl][j] = s_kl[j];
+    f[q_ratio][j] = s_ratio[j];
+    f[q_log_ratio][j] = s_lr[j];
+    code += codes[j];
   }
   return code;
-}
-
-/// Adds buf[0, n) into 16 lanes f[·] (lane = t mod 16: no reassociation, so it vectorizes). A full chunk is summed
-/// with the lane loop outermost, so the running sums stay in one vector register.
-template <class T>
-inline void add_into_lanes(const T* __restrict buf, std::size_t n, T* __restrict f) {
-  if (n == loss_chunk) {
-    for (std::size_t j = 0; j < loss_lanes; ++j) {
-      T s = f[j];
-      for (std::size_t b = 0; b < loss_chunk / loss_lanes; ++b)
-        s += buf[b * loss_lanes + j];
-      f[j] = s;
-    }
-    return;
-  }
-  std::size_t t = 0;
-  for (; t + loss_lanes <= n; t += loss_lanes)
-    for (std::size_t j = 0; j < loss_lanes; ++j)
-      f[j] += buf[t + j];
-  for (std::size_t j = 0; t < n; ++t, ++j)
-    f[j] += buf[t];
 }
 
 /// Pass 2: gradient, loss and metrics, row by row. K and F are compile-time so the token loop has no branches.
@@ -262,7 +254,6 @@ policy_loss_sums loss_pass(const policy_loss_arrays<T>& in, T* grad, const hir::
   using bits_t = lane_bits_t<T>;
   constexpr bool has_kl = F != hir::detail::kl_family::none;
   constexpr bool token_ratio = K != policy_loss_kind::gspo;
-  const bool used[q_count] = {true, has_kl, token_ratio, true};
   const std::size_t L = in.length;
   double acc[q_count + 1][loss_lanes] = {}; // [q_count]: the unweighted KL sum
   double gspo_ratio_sum = 0;
@@ -270,7 +261,7 @@ policy_loss_sums loss_pass(const policy_loss_arrays<T>& in, T* grad, const hir::
   policy_loss_sums s;
   bits_t lane_mask[loss_chunk];
   T adv_row[loss_chunk]; // per-sequence advantages broadcast over a chunk
-  T buf[q_count][loss_chunk];
+  T f[q_count][loss_lanes];
   for (std::size_t i = 0; i < in.batch; ++i) {
     const std::size_t base = i * L;
     const std::uint8_t* m = in.mask + base;
@@ -300,14 +291,10 @@ policy_loss_sums loss_pass(const policy_loss_arrays<T>& in, T* grad, const hir::
       const std::size_t k = base + c0;
       const std::int32_t code = loss_chunk_loop<K, F, T>(in.logp + k, in.old + k, has_kl ? in.ref + k : in.logp + k,
                                                          in.token_adv ? in.adv + k : adv_row, lane_mask, grad + k, n,
-                                                         row_ratio, row_pass, static_cast<T>(w_d), p, buf);
+                                                         row_ratio, row_pass, static_cast<T>(w_d), p, f);
       low += code & (code_high - 1);
       high += (code >> 10) & (code_high - 1);
       dual += code >> 20;
-      T f[q_count][loss_lanes] = {};
-      for (int q = 0; q < q_count; ++q)
-        if (used[q])
-          add_into_lanes(buf[q], n, f[q]);
       for (std::size_t j = 0; j < loss_lanes; ++j) {
         acc[q_pg][j] += w_d * static_cast<double>(f[q_pg][j]);
         acc[q_kl][j] += w_d * static_cast<double>(f[q_kl][j]);
