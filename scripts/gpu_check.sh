@@ -2,10 +2,13 @@
 # The GPU check, for a machine with an NVIDIA GPU (run it where one is lent; a few minutes on 16 cores):
 #   1. builds the CUDA configuration (nvcc, sm_90 by default; CUDA_ARCH=native or another value overrides) and runs
 #      every GPU test with HIR_REQUIRE_GPU=1, so a missing or broken GPU fails instead of skipping;
-#   2. the same with HIR_ENABLE_CUB=OFF, so the portable Thrust paths are tested on the GPU too;
+#   2. the same with HIR_ENABLE_CUB=OFF and HIR_NN_CUBLAS=OFF, so the portable Thrust paths (the device
+#      transformer's Thrust GEMM included) are tested on the GPU too;
 #   3. builds and runs the device benchmarks (CUDA events) and prints a table of GB/s and the fraction of the
 #      device-to-device copy bandwidth at the same N measured in the same run, with the issue's targets:
-#      REINFORCE++ and the policy loss >= 70% of the copy at 1.6e7 elements, top-K over 1e6 candidates < 1 ms.
+#      REINFORCE++ and the policy loss >= 70% of the copy at 1.6e7 elements, top-K over 1e6 candidates < 1 ms;
+#      and the device transformer's training step (bench_nn_device_cuda: V96 ctx128 C128 L4 H4, batch 32 x 128)
+#      in tokens/s.
 # Output goes to stdout and, when $OUT is set, to $OUT/gpu_report.txt (record it in docs/performance.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,9 +23,10 @@ echo "hir GPU check, $(date -u '+%Y-%m-%d %H:%M UTC')"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi failed"
 for cub in ON OFF; do
   dir="build/gpu-cub-${cub}"
-  echo "=== tests, HIR_ENABLE_CUB=${cub} ==="
+  echo "=== tests, HIR_ENABLE_CUB=${cub} HIR_NN_CUBLAS=${cub} ==="
   cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DHIR_DEVICE_SYSTEM=CUDA -DCMAKE_CUDA_ARCHITECTURES="$arch" \
-        -DHIR_ENABLE_CUB="$cub" -DHIR_BUILD_APPS=OFF -DHIR_BUILD_EXAMPLES=OFF >/dev/null || { status=1; continue; }
+        -DHIR_ENABLE_CUB="$cub" -DHIR_NN_CUBLAS="$cub" -DHIR_BUILD_APPS=OFF -DHIR_BUILD_EXAMPLES=OFF >/dev/null ||
+    { status=1; continue; }
   cmake --build "$dir" -j "$jobs" >"$dir.log" 2>&1 || { grep -E "error" "$dir.log" | head -30; status=1; continue; }
   HIR_REQUIRE_GPU=1 ctest --test-dir "$dir" -L gpu --output-on-failure || status=1
 done
@@ -42,7 +46,7 @@ python3 - "$dir" <<'PY'
 # H200: REINFORCE++ and the policy loss (forward + backward) >= 70% of the copy at N = 1.6e7, top-K selection over
 # 1e6 candidates under 1 ms. Benchmarks without the best_* counters (bench_advantages_cuda) use the mean.
 import glob, json, re, sys
-rows, copy, targets = [], {}, []
+rows, copy, targets, train = [], {}, [], []
 for path in sorted(glob.glob(sys.argv[1] + "/*.json")):
     try:
         data = json.load(open(path))
@@ -59,6 +63,8 @@ for path in sorted(glob.glob(sys.argv[1] + "/*.json")):
         best_ms = b.get("best_ms")
         if name.startswith("BM_DeviceCopy") and n:
             copy[n] = gbps
+        if name.startswith("BM_DeviceTrainStep") and "tokens_per_s" in b:
+            train.append((name, b["tokens_per_s"], best_ms, b.get("GFLOP_per_s", 0.0), b.get("label", "")))
         mean_ms = b["real_time"] * {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b.get("time_unit", "ns")]
         rows.append((name, mean_ms, best_ms, gbps, n))
 print(f"{'benchmark':56s} {'mean ms':>10s} {'best ms':>10s} {'GB/s':>8s} {'of copy':>8s}  target")
@@ -83,6 +89,15 @@ if targets:
         print(f"  {'met    ' if ok else 'NOT met'}  {name}: {what}")
 else:
     print("\nno target benchmark ran (bench_device_cuda missing or no GPU)")
+if train:
+    print("\nDevice transformer training step (part 0: forward + cross-entropy backward + clip + AdamW; 1: forward;")
+    print("2: forward + backward), fastest iteration, CUDA events:")
+    print(f"  {'benchmark':44s} {'tokens/s':>12s} {'best ms':>9s} {'GFLOP/s':>9s}  GEMM")
+    for name, tps, best_ms, gf, label in train:
+        bm = f"{best_ms:9.3f}" if best_ms is not None else ""
+        print(f"  {name:44s} {tps:12,.0f} {bm:>9s} {gf:9.1f}  {label}")
+else:
+    print("\nno device training-step benchmark ran (bench_nn_device_cuda missing or no GPU)")
 PY
 echo "gpu check: $([ $status -eq 0 ] && echo passed || echo FAILED)"
 exit $status

@@ -7,7 +7,7 @@
 
 #include <doctest/doctest.h>
 
-#include <hir/nn.hpp>
+#include <hir/nn/config.hpp> // token_t only: also usable from device (nvcc) translation units
 
 #include <cmath>
 #include <cstddef>

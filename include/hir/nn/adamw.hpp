@@ -2,10 +2,12 @@
 // The optimizer side of the reference transformer: AdamW with decoupled weight decay (Loshchilov & Hutter; the same
 // update as torch.optim.AdamW), global gradient-norm clipping (torch.nn.utils.clip_grad_norm_) and learning-rate
 // schedules (constant, linear warm-up, warm-up then cosine decay). The moments live in one buffer each, laid out like
-// the parameters (parameter_layout), so an `adamw_state` is two allocations whatever the model.
+// the parameters (parameter_layout), so an `adamw_state` is two allocations whatever the model. The device
+// backend's overloads (device spans) are in nn/device/adamw.hpp, included by <hir/nn/device.hpp>.
 #pragma once
 
 #include <hir/backend/cpu/tag.hpp>
+#include <hir/core/backend.hpp>
 #include <hir/core/error.hpp>
 #include <hir/core/span.hpp>
 #include <hir/nn/config.hpp>
@@ -134,33 +136,43 @@ void adamw_update(backend::cpu::tag_t const&, const parameter_layout& layout, sp
   }
 }
 
-/// AdamW's state: the two moment buffers (one allocation each, parameter_layout order) and the step count.
-template <class T = float>
+/// AdamW's state: the two moment buffers (one allocation each, parameter_layout order) and the step count, in the
+/// memory of `Backend` (std::vector for hir::cpu; thrust::device_vector for the device backend, whose `update` is
+/// declared in nn/device/adamw.hpp).
+template <class T = float, class Backend = backend::cpu::tag_t>
 class adamw_state {
+  static_assert(backend::is_backend_v<Backend>, "hir::nn::adamw_state: Backend must be a backend tag type");
+
 public:
   adamw_state() = default;
   /// Zero moments for `layout`, step 0.
   explicit adamw_state(const parameter_layout& layout) : layout_(layout), m_(layout.total), v_(layout.total) {}
 
-  /// Applies one update with learning rate `lr` and increments step().
-  void update(backend::cpu::tag_t const& be, span<T> params, span<const T> grads, const adamw_options& opt, double lr) {
-    adamw_update(be, layout_, params, grads, view(m_), view(v_), opt, step_ + 1, lr);
+  /// Applies one update with learning rate `lr` and increments step(). \param params, grads spans of layout().total
+  /// elements in Backend's memory.
+  void update(Backend const& be, span_for<T, Backend> params, span_for<const T, Backend> grads,
+              const adamw_options& opt, double lr) {
+    adamw_update(be, layout_, params, grads, whole(m_), whole(v_), opt, step_ + 1, lr);
     ++step_;
   }
   /// Number of updates applied so far.
   std::uint64_t step() const { return step_; }
   /// Sets the step count (checkpoint restore).
   void set_step(std::uint64_t s) { step_ = s; }
-  /// First and second moments (layout.total elements each).
-  span<T> m() { return view(m_); }
-  span<T> v() { return view(v_); }
-  span<const T> m() const { return view(m_); }
-  span<const T> v() const { return view(v_); }
+  /// First and second moments (layout.total elements each, Backend's memory).
+  span_for<T, Backend> m() { return whole(m_); }
+  span_for<T, Backend> v() { return whole(v_); }
+  span_for<const T, Backend> m() const { return whole(m_); }
+  span_for<const T, Backend> v() const { return whole(v_); }
   const parameter_layout& layout() const { return layout_; }
 
 private:
+  using vector_t = hir::vector<T, Backend>;
+  static span_for<T, Backend> whole(vector_t& x) { return {backend::traits<Backend>::raw(x), x.size()}; }
+  static span_for<const T, Backend> whole(const vector_t& x) { return {backend::traits<Backend>::raw(x), x.size()}; }
+
   parameter_layout layout_;
-  std::vector<T> m_, v_;
+  vector_t m_, v_;
   std::uint64_t step_ = 0;
 };
 

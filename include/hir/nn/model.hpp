@@ -4,85 +4,122 @@
 // of the next-token distribution, logits), backward from a given dL/dlogp (the output of hir's policy losses) with an
 // optional dL/dentropy, and backward from masked cross-entropy (supervised warm start). Backward passes ADD into the
 // gradients, so micro-batches accumulate until zero_grad(). Nothing is allocated after construction.
+// The class is generic over the backend: hir::cpu (std::vector storage, the layers of nn/layers.hpp) or the device
+// backend (thrust::device_vector storage, the layers of nn/device/layers.hpp, found by argument-dependent lookup).
+// With hir::device linked (HIR_WITH_DEVICE) this header brings the device layers, and the CPU layers (Eigen) only in
+// host-compiler translation units that can include Eigen: a CUDA translation unit never sees Eigen.
 #pragma once
 
+#if defined(HIR_WITH_DEVICE)
+#  include <hir/backend/device/tag.hpp> // first: Thrust's config decides HIR_DEVICE_IS_CUDA
+#endif
+
 #include <hir/backend/cpu/tag.hpp>
+#include <hir/core/backend.hpp>
 #include <hir/core/error.hpp>
 #include <hir/core/random.hpp>
 #include <hir/core/span.hpp>
 #include <hir/nn/config.hpp>
-#include <hir/nn/layers.hpp>
+#include <hir/nn/detail/init.hpp>
+
+#if defined(HIR_WITH_DEVICE)
+#  include <hir/nn/device/layers.hpp>
+#  include <hir/nn/device/model_ops.hpp>
+#endif
+#if !defined(HIR_WITH_DEVICE) || (!defined(__CUDACC__) && __has_include(<Eigen/Core>))
+#  include <hir/nn/layers.hpp>
+#endif
 
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace hir::nn {
 
-/// A GPT-2 style transformer on backend `Backend` (only hir::backend::cpu::tag_t today) in scalar type T (float for
-/// training, double for gradient checks).
+/// A GPT-2 style transformer on backend `Backend` in scalar type T (float for training, double for gradient checks).
+/// `Backend` is hir::backend::cpu::tag_t (host memory, OpenMP + Eigen/CBLAS) or hir::backend::device::tag_t
+/// (device memory, Thrust + cuBLAS on CUDA; include <hir/nn/device.hpp>). Every span the model returns or takes for
+/// gradients, masks and dL/dlogp is in Backend's memory (`span_for<T, Backend>`); token ids always come from the
+/// host and are copied into buffers allocated at construction.
 ///
 /// Usage: construct with the config and the largest batch the passes will see; `init_parameters(seed)`; per
 /// micro-batch `forward(tokens, targets, B, T)` then `backward(dlogp)` or `backward_cross_entropy(mask)`; read
 /// `gradients()` and update `parameters()` (adamw_state::update), then `zero_grad()`.
 template <class T = float, class Backend = backend::cpu::tag_t>
 class model {
-  static_assert(std::is_same_v<Backend, backend::cpu::tag_t>, "hir::nn::model: only the CPU backend exists so far");
+  static_assert(backend::is_backend_v<Backend>, "hir::nn::model: Backend must be a backend tag type");
+  static_assert(std::is_same_v<Backend, backend::cpu::tag_t> || std::is_same_v<memory_space_t<Backend>, device_space>,
+                "hir::nn::model: the backend is hir::cpu or the device backend");
+  /// CPU backend: host loops exactly as before the model became generic (the hot path is unchanged).
+  static constexpr bool on_cpu = std::is_same_v<Backend, backend::cpu::tag_t>;
 
 public:
+  using span_type = span_for<T, Backend>;             ///< mutable span in Backend's memory
+  using const_span_type = span_for<const T, Backend>; ///< read-only span in Backend's memory
+
   /// Allocates parameters, gradients (zero) and activations for batches up to max_batch × max_seq_len
-  /// (max_seq_len = 0: the config's context). Parameters start at zero: call init_parameters or load them.
+  /// (max_seq_len = 0: the config's context), and the token buffers, in Backend's memory. Parameters start at zero:
+  /// call init_parameters or load them. `be` is the backend object every pass runs with (for the device backend,
+  /// e.g. `hir::device.on(stream)`, so every layer runs on that stream).
   /// \throws hir::invalid_argument on an invalid config or sizes.
-  model(const transformer_config& cfg, std::size_t max_batch, std::size_t max_seq_len = 0)
-      : params_layout_(cfg), acts_layout_(cfg, max_batch, max_seq_len ? max_seq_len : cfg.context),
+  model(const transformer_config& cfg, std::size_t max_batch, std::size_t max_seq_len = 0, Backend be = Backend{})
+      : be_(be), params_layout_(cfg), acts_layout_(cfg, max_batch, max_seq_len ? max_seq_len : cfg.context),
         params_(params_layout_.total), grads_(params_layout_.total), acts_(acts_layout_.total),
         tokens_(acts_layout_.batch * acts_layout_.seq_len), targets_(acts_layout_.batch * acts_layout_.seq_len) {}
 
   const transformer_config& config() const { return params_layout_.config; }
   const parameter_layout& params_layout() const { return params_layout_; }
   const activation_layout& acts_layout() const { return acts_layout_; }
+  /// The backend object the passes run with.
+  const Backend& backend_tag() const { return be_; }
+  /// Runs later passes with `be` (e.g. another stream; the model's buffers are not moved).
+  void set_backend_tag(const Backend& be) { be_ = be; }
 
   /// All parameters, in parameter_layout order (params_layout().total elements).
-  span<T> parameters() { return view(params_); }
-  span<const T> parameters() const { return view(params_); }
+  span_type parameters() { return whole(params_); }
+  const_span_type parameters() const { return whole(params_); }
   /// The gradient buffer, same layout as parameters().
-  span<T> gradients() { return view(grads_); }
-  span<const T> gradients() const { return view(grads_); }
+  span_type gradients() { return whole(grads_); }
+  const_span_type gradients() const { return whole(grads_); }
   /// One parameter tensor (all layers of a stacked tensor).
-  span<T> parameter(param p) { return view(params_).subspan(params_layout_[p].offset, params_layout_[p].size); }
-  span<T> gradient(param p) { return view(grads_).subspan(params_layout_[p].offset, params_layout_[p].size); }
+  span_type parameter(param p) { return whole(params_).subspan(params_layout_[p].offset, params_layout_[p].size); }
+  span_type gradient(param p) { return whole(grads_).subspan(params_layout_[p].offset, params_layout_[p].size); }
 
   /// GPT-2 initialization from a counter-based generator: weights and embeddings N(0, std), the two residual
-  /// projections (proj_weight, fc2_weight) N(0, std/√(2L)), biases 0, LayerNorm weights 1 and biases 0.
+  /// projections (proj_weight, fc2_weight) N(0, std/√(2L)), biases 0, LayerNorm weights 1 and biases 0. The device
+  /// backend draws the same Philox numbers on the device (equal to the CPU's up to last-ulp libm differences).
   void init_parameters(std::uint64_t seed, double std_dev = 0.02) {
-    const philox gen{seed};
-    std::fill(params_.begin(), params_.end(), T(0));
-    for (std::size_t i = 0; i < num_param_tensors; ++i) {
-      const param_tensor& t = params_layout_.tensors[i];
-      const param p = static_cast<param>(i);
-      T* dst = params_.data() + t.offset;
-      if (t.matrix) {
-        const double sd = (p == param::proj_weight || p == param::fc2_weight)
-                              ? std_dev / std::sqrt(2.0 * static_cast<double>(config().layers))
-                              : std_dev;
-        for (std::size_t j = 0; j < t.size; ++j) {
-          // Box–Muller on two uniforms of the (tensor, element) counter.
-          const double u1 = 1.0 - gen.uniform(i, 2 * j), u2 = gen.uniform(i, 2 * j + 1);
-          dst[j] = static_cast<T>(sd * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+    if constexpr (on_cpu) {
+      const philox gen{seed};
+      std::fill(params_.begin(), params_.end(), T(0));
+      for (std::size_t i = 0; i < num_param_tensors; ++i) {
+        const param_tensor& t = params_layout_.tensors[i];
+        const param p = static_cast<param>(i);
+        T* dst = params_.data() + t.offset;
+        if (t.matrix) {
+          const double sd = (p == param::proj_weight || p == param::fc2_weight)
+                                ? std_dev / std::sqrt(2.0 * static_cast<double>(config().layers))
+                                : std_dev;
+          for (std::size_t j = 0; j < t.size; ++j)
+            dst[j] = static_cast<T>(nn::detail::gpt2_normal(gen, i, j, sd));
+        } else if (p == param::ln1_weight || p == param::ln2_weight || p == param::lnf_weight) {
+          std::fill(dst, dst + t.size, T(1));
         }
-      } else if (p == param::ln1_weight || p == param::ln2_weight || p == param::lnf_weight) {
-        std::fill(dst, dst + t.size, T(1));
       }
+    } else {
+      nn_init_parameters(be_, params_layout_, whole(params_), seed, std_dev);
     }
   }
 
   /// Sets every gradient to zero.
-  void zero_grad() { std::fill(grads_.begin(), grads_.end(), T(0)); }
+  void zero_grad() { fill(whole(grads_), T(0)); }
 
-  /// Forward pass over tokens (B, T) with targets (B, T) (negative: no target; logp is 0 there). Afterwards
-  /// logp(), entropy() (B·T each) and logits() (B·T·V) hold the results, and a backward may follow.
+  /// Forward pass over tokens (B, T) with targets (B, T) (negative: no target; logp is 0 there), both HOST spans on
+  /// every backend (checked on the host, then copied into the model's token buffers). Afterwards logp(), entropy()
+  /// (B·T each) and logits() (B·T·V) hold the results, and a backward may follow.
   /// \throws hir::invalid_argument if B or T exceed the allocated maxima, sizes mismatch or a token is out of range.
   void forward(span<const token_t> tokens, span<const token_t> targets, std::size_t B, std::size_t Tn) {
     const char* fn = "nn::model::forward";
@@ -98,26 +135,32 @@ public:
       if (targets[i] >= 0 && static_cast<std::size_t>(targets[i]) >= V)
         hir::detail::fail(fn, "targets[", i, "] = ", targets[i], " is not below V = ", V);
     }
-    std::copy(tokens.begin(), tokens.end(), tokens_.begin());
-    std::copy(targets.begin(), targets.end(), targets_.begin());
+    if constexpr (on_cpu) {
+      std::copy(tokens.begin(), tokens.end(), tokens_.begin());
+      std::copy(targets.begin(), targets.end(), targets_.begin());
+    } else {
+      nn_upload_tokens(be_, whole(tokens_).subspan(0, B * Tn), tokens, fn);
+      nn_upload_tokens(be_, whole(targets_).subspan(0, B * Tn), targets, fn);
+    }
     B_ = B;
     T_ = Tn;
     run_forward();
   }
 
-  /// Log-probabilities of the targets (B, T) of the last forward.
-  span<const T> logp() const { return a(act::logp, B_ * T_); }
-  /// Entropies of the next-token distributions (B, T) of the last forward.
-  span<const T> entropy() const { return a(act::entropy, B_ * T_); }
-  /// Logits (B, T, V) of the last forward.
-  span<const T> logits() const { return a(act::logits, B_ * T_ * config().vocab); }
+  /// Log-probabilities of the targets (B, T) of the last forward (Backend's memory).
+  const_span_type logp() const { return a(act::logp, B_ * T_); }
+  /// Entropies of the next-token distributions (B, T) of the last forward (Backend's memory).
+  const_span_type entropy() const { return a(act::entropy, B_ * T_); }
+  /// Logits (B, T, V) of the last forward (Backend's memory).
+  const_span_type logits() const { return a(act::logits, B_ * T_ * config().vocab); }
   /// Batch size and sequence length of the last forward.
   std::size_t batch() const { return B_; }
   std::size_t seq_len() const { return T_; }
 
-  /// Backward of the last forward given dL/dlogp (B, T) and optionally dL/dentropy (B, T); ADDS into gradients().
-  /// Positions with a negative target ignore dlogp. \throws hir::invalid_argument on sizes or without a forward.
-  void backward(span<const T> dlogp, span<const T> dentropy = {}) {
+  /// Backward of the last forward given dL/dlogp (B, T) and optionally dL/dentropy (B, T), in Backend's memory (the
+  /// outputs of hir's policy losses on the same backend); ADDS into gradients(). Positions with a negative target
+  /// ignore dlogp. \throws hir::invalid_argument on sizes or without a forward.
+  void backward(const_span_type dlogp, const_span_type dentropy = {}) {
     const char* fn = "nn::model::backward";
     if (B_ == 0)
       hir::detail::fail(fn, "no forward pass to differentiate");
@@ -129,71 +172,107 @@ public:
 
   /// Masked mean cross-entropy of the last forward's targets, loss = −Σ mask·logp / denominator (denominator 0:
   /// Σ mask over this batch; pass the token count of the whole batch to weight micro-batches equally). Runs the
-  /// backward (ADDS into gradients()) and returns the loss. `scratch` (B·T) receives dL/dlogp.
+  /// backward (ADDS into gradients()) and returns the loss. `mask` (B·T) and `scratch` (B·T, receives dL/dlogp) are
+  /// in Backend's memory; on the device the sums are one double reduction read back (synchronizes the stream).
   /// \throws hir::invalid_argument on sizes, a mask with no weight and denominator 0, or without a forward.
-  T backward_cross_entropy(span<const T> mask, span<T> scratch, double denominator = 0.0) {
+  T backward_cross_entropy(const_span_type mask, span_type scratch, double denominator = 0.0) {
     const char* fn = "nn::model::backward_cross_entropy";
     if (B_ == 0)
       hir::detail::fail(fn, "no forward pass to differentiate");
     hir::detail::check_size(fn, "mask.size()", mask.size(), "B*T", B_ * T_);
     hir::detail::check_size(fn, "scratch.size()", scratch.size(), "B*T", B_ * T_);
-    const double loss = cross_entropy(mask, denominator, fn);
-    double den = denominator;
-    if (den == 0.0)
+    double loss = 0.0;
+    if constexpr (on_cpu) {
+      loss = cross_entropy(mask, denominator, fn);
+      double den = denominator;
+      if (den == 0.0)
+        for (std::size_t i = 0; i < B_ * T_; ++i)
+          den += static_cast<double>(mask[i]);
       for (std::size_t i = 0; i < B_ * T_; ++i)
-        den += static_cast<double>(mask[i]);
-    for (std::size_t i = 0; i < B_ * T_; ++i)
-      scratch[i] = static_cast<T>(-static_cast<double>(mask[i]) / den);
-    run_backward(span<const T>(scratch), span<const T>());
+        scratch[i] = static_cast<T>(-static_cast<double>(mask[i]) / den);
+    } else {
+      const auto sums = nn_masked_logp_sums(be_, mask, logp()); // (−Σ mask·logp, Σ mask): one reduction
+      const double den = ce_denominator(sums.den, denominator, fn);
+      loss = sums.num / den;
+      nn_cross_entropy_dlogp(be_, scratch, mask, den);
+    }
+    run_backward(const_span_type(scratch), const_span_type());
     return static_cast<T>(loss);
   }
 
-  /// The masked mean cross-entropy of the last forward without a backward (see backward_cross_entropy).
-  T cross_entropy(span<const T> mask, double denominator = 0.0) const {
+  /// The masked mean cross-entropy of the last forward without a backward (see backward_cross_entropy); `mask` in
+  /// Backend's memory.
+  T cross_entropy(const_span_type mask, double denominator = 0.0) const {
     hir::detail::check_size("nn::model::cross_entropy", "mask.size()", mask.size(), "B*T", B_ * T_);
     return static_cast<T>(cross_entropy(mask, denominator, "nn::model::cross_entropy"));
   }
 
 private:
-  span<T> a(act x, std::size_t n) { return view(acts_).subspan(acts_layout_.offset(x), n); }
-  span<const T> a(act x, std::size_t n) const { return view(acts_).subspan(acts_layout_.offset(x), n); }
-  span<T> al(act x, std::size_t layer, std::size_t per_layer) {
-    return view(acts_).subspan(acts_layout_.offset(x) + layer * per_layer, per_layer);
+  template <class U>
+  using vector_t = hir::vector<U, Backend>;
+  using token_span = span_for<const token_t, Backend>;
+
+  /// A span over a whole buffer (const buffers give spans of const).
+  template <class V>
+  static auto whole(V& v) {
+    auto* ptr = backend::traits<Backend>::raw(v);
+    return span_for<std::remove_pointer_t<decltype(ptr)>, Backend>(ptr, v.size());
   }
-  span<const T> p(param x, std::size_t layer = 0) const {
-    return view(params_).subspan(params_layout_.offset(x, layer), params_layout_[x].per_layer);
-  }
-  span<T> g(param x, std::size_t layer = 0) {
-    return view(grads_).subspan(params_layout_.offset(x, layer), params_layout_[x].per_layer);
+  void fill(span_type x, T value) {
+    if constexpr (on_cpu)
+      std::fill(x.begin(), x.end(), value);
+    else
+      nn_fill(be_, x, value);
   }
 
-  double cross_entropy(span<const T> mask, double denominator, const char* fn) const {
+  span_type a(act x, std::size_t n) { return whole(acts_).subspan(acts_layout_.offset(x), n); }
+  const_span_type a(act x, std::size_t n) const { return whole(acts_).subspan(acts_layout_.offset(x), n); }
+  span_type al(act x, std::size_t layer, std::size_t per_layer) {
+    return whole(acts_).subspan(acts_layout_.offset(x) + layer * per_layer, per_layer);
+  }
+  const_span_type p(param x, std::size_t layer = 0) const {
+    return whole(params_).subspan(params_layout_.offset(x, layer), params_layout_[x].per_layer);
+  }
+  span_type g(param x, std::size_t layer = 0) {
+    return whole(grads_).subspan(params_layout_.offset(x, layer), params_layout_[x].per_layer);
+  }
+
+  double cross_entropy(const_span_type mask, double denominator, const char* fn) const {
     double num = 0.0, den = 0.0;
-    const span<const T> lp = logp();
-    for (std::size_t i = 0; i < B_ * T_; ++i) {
-      num -= static_cast<double>(mask[i]) * static_cast<double>(lp[i]);
-      den += static_cast<double>(mask[i]);
+    if constexpr (on_cpu) {
+      const span<const T> lp = logp();
+      for (std::size_t i = 0; i < B_ * T_; ++i) {
+        num -= static_cast<double>(mask[i]) * static_cast<double>(lp[i]);
+        den += static_cast<double>(mask[i]);
+      }
+    } else {
+      const auto sums = nn_masked_logp_sums(be_, mask, logp());
+      num = sums.num;
+      den = sums.den;
     }
-    if (denominator != 0.0)
-      den = denominator;
+    return num / ce_denominator(den, denominator, fn);
+  }
+  /// The given denominator, else Σ mask; throws when both are 0.
+  static double ce_denominator(double mask_sum, double denominator, const char* fn) {
+    const double den = denominator != 0.0 ? denominator : mask_sum;
     if (den == 0.0)
       hir::detail::fail(fn, "the mask has no weight and no denominator was given");
-    return num / den;
+    return den;
   }
 
   void run_forward() {
-    const auto& be = hir::cpu;
+    const Backend& be = be_;
     const std::size_t B = B_, Tn = T_, C = config().channels, L = config().layers, H = config().heads;
     const std::size_t V = config().vocab, BT = B * Tn;
-    const span<const token_t> tok(tokens_.data(), BT), tgt(targets_.data(), BT);
+    const token_span tok = whole(tokens_).subspan(0, BT), tgt = whole(targets_).subspan(0, BT);
     embedding_forward<T>(be, a(act::encoded, BT * C), tok, p(param::wte), p(param::wpe), B, Tn, C);
-    span<const T> residual = a(act::encoded, BT * C);
+    const_span_type residual = a(act::encoded, BT * C);
     for (std::size_t l = 0; l < L; ++l) {
-      const span<T> ln1 = al(act::ln1, l, BT * C), qkv = al(act::qkv, l, BT * 3 * C);
-      const span<T> atty = al(act::atty, l, BT * C), att = al(act::att, l, B * H * Tn * Tn);
-      const span<T> res2 = al(act::residual2, l, BT * C), ln2 = al(act::ln2, l, BT * C);
-      const span<T> fch = al(act::fch, l, BT * 4 * C), fchg = al(act::fch_gelu, l, BT * 4 * C);
-      const span<T> res3 = al(act::residual3, l, BT * C);
+      const span_type ln1 = al(act::ln1, l, BT * C), qkv = al(act::qkv, l, BT * 3 * C);
+      const span_type atty = al(act::atty, l, BT * C), att = al(act::att, l, B * H * Tn * Tn);
+      const span_type res2 = al(act::residual2, l, BT * C), ln2 = al(act::ln2, l, BT * C);
+      const span_type fch = al(act::fch, l, BT * 4 * C), fchg = al(act::fch_gelu, l, BT * 4 * C);
+      const span_type res3 = al(act::residual3, l, BT * C);
       // (B, T, C) → (B, T, 3C) → attention → (B, T, C)
       layernorm_forward<T>(be, ln1, al(act::ln1_mean, l, BT), al(act::ln1_rstd, l, BT), residual,
                            p(param::ln1_weight, l), p(param::ln1_bias, l), BT, C);
@@ -213,24 +292,24 @@ private:
     // (B, T, C) → (B, T, V) with the tied embedding as the LM head
     layernorm_forward<T>(be, a(act::lnf, BT * C), a(act::lnf_mean, BT), a(act::lnf_rstd, BT), residual,
                          p(param::lnf_weight), p(param::lnf_bias), BT, C);
-    matmul_forward<T>(be, a(act::logits, BT * V), a(act::lnf, BT * C), p(param::wte), span<const T>(), BT, C, V);
+    matmul_forward<T>(be, a(act::logits, BT * V), a(act::lnf, BT * C), p(param::wte), const_span_type(), BT, C, V);
     logp_entropy_forward<T>(be, a(act::logp, BT), a(act::entropy, BT), a(act::lse, BT), a(act::logits, BT * V), tgt, BT,
                             V);
   }
 
-  void run_backward(span<const T> dlogp, span<const T> dentropy) {
-    const auto& be = hir::cpu;
+  void run_backward(const_span_type dlogp, const_span_type dentropy) {
+    const Backend& be = be_;
     const std::size_t B = B_, Tn = T_, C = config().channels, L = config().layers, H = config().heads;
     const std::size_t V = config().vocab, BT = B * Tn;
-    const span<const token_t> tok(tokens_.data(), BT), tgt(targets_.data(), BT);
-    const span<T> dres = a(act::dresidual, BT * C), dbuf = a(act::dbuf, BT * C), dqkv = a(act::dqkv, BT * 3 * C);
-    const span<T> datt = a(act::datt, B * H * Tn * Tn), dfch = a(act::dfch, BT * 4 * C);
-    const span<T> dlogits = a(act::dlogits, BT * V);
+    const token_span tok = whole(tokens_).subspan(0, BT), tgt = whole(targets_).subspan(0, BT);
+    const span_type dres = a(act::dresidual, BT * C), dbuf = a(act::dbuf, BT * C), dqkv = a(act::dqkv, BT * 3 * C);
+    const span_type datt = a(act::datt, B * H * Tn * Tn), dfch = a(act::dfch, BT * 4 * C);
+    const span_type dlogits = a(act::dlogits, BT * V);
     logp_entropy_backward<T>(be, dlogits, a(act::logits, BT * V), a(act::lse, BT), a(act::entropy, BT), tgt, dlogp,
                              dentropy, BT, V);
-    matmul_backward<T>(be, dbuf, g(param::wte), span<T>(), dlogits, a(act::lnf, BT * C), p(param::wte), BT, C, V);
-    std::fill(dres.begin(), dres.end(), T(0));
-    const auto residual_out = [&](std::size_t l) -> span<const T> {
+    matmul_backward<T>(be, dbuf, g(param::wte), span_type(), dlogits, a(act::lnf, BT * C), p(param::wte), BT, C, V);
+    fill(dres, T(0));
+    const auto residual_out = [&](std::size_t l) -> const_span_type {
       return l == 0 ? a(act::encoded, BT * C) : al(act::residual3, l - 1, BT * C);
     };
     layernorm_backward<T>(be, dres, g(param::lnf_weight), g(param::lnf_bias), dbuf, residual_out(L),
@@ -258,10 +337,11 @@ private:
     embedding_backward<T>(be, g(param::wte), g(param::wpe).subspan(0, Tn * C), dres, tok, B, Tn, C);
   }
 
+  Backend be_;
   parameter_layout params_layout_;
   activation_layout acts_layout_;
-  std::vector<T> params_, grads_, acts_;
-  std::vector<token_t> tokens_, targets_;
+  vector_t<T> params_, grads_, acts_;
+  vector_t<token_t> tokens_, targets_; ///< (max_batch, max_seq_len) each; the last forward's first B·T
   std::size_t B_ = 0, T_ = 0;
 };
 

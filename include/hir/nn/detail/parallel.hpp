@@ -44,6 +44,8 @@ void parallel_for(std::size_t n, std::size_t grain, F&& f, std::size_t align = 1
     if (b < e)
       f(b, e);
   }
+#else
+  (void)align; // without OpenMP every range runs inline above
 #endif
 }
 
