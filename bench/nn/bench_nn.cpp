@@ -9,8 +9,9 @@
 //                  thread split): the GEMM rate at the model's shapes, measured in the same run, that the train step's
 //                  GFLOP/s is divided by.
 //   BM_Generate    256 sequences × 64 new tokens after 16-token prompts with the KV cache (temperature 1): new
-//   tokens/s.
-// Built twice: bench_nn (Eigen GEMM) and bench_nn_blas (OpenBLAS GEMM, HIR_NN_USE_CBLAS).
+//                  tokens/s, allocations per generate() call.
+// Built twice: bench_nn (the default GEMM: hir's AVX-512 kernel, Eigen on CPUs without AVX-512) and bench_nn_blas
+// (OpenBLAS GEMM, HIR_NN_USE_CBLAS; the generator's attention and GELU stay on hir's AVX-512 code).
 #include "support/bench_support.hpp"
 
 #include <hir/nn.hpp>

@@ -107,6 +107,7 @@ for t in (1, 2):
     rows.setdefault("hir (default GEMM) new tokens/s", []).append(f"{ge['new_tokens_per_s']:.0f}")
     rows.setdefault("PyTorch KV-cache loop tokens/s", []).append(f"{tt:.0f}")
     rows.setdefault("speed-up hir (OpenBLAS) / PyTorch", []).append(f"{gb['new_tokens_per_s'] / tt:.2f}x")
+    rows.setdefault("speed-up hir (default GEMM) / PyTorch", []).append(f"{ge['new_tokens_per_s'] / tt:.2f}x")
     rows.setdefault("allocs >= 128 KiB per call (OpenBLAS)", []).append(f"{gb['large_allocs']:.2f}")
     rows.setdefault("allocs >= 128 KiB per call (default GEMM)", []).append(f"{ge['large_allocs']:.2f}")
 for k, v in rows.items():

@@ -9,6 +9,7 @@
 #include <hir/nn.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -169,6 +170,25 @@ TEST_CASE("nn layers: matmul forward and backward") {
                   hir::invalid_argument);
 }
 
+TEST_CASE("nn layers: matmul with a pre-packed weight equals the unpacked product bit for bit") {
+  // The generator packs each weight once per generate() call; the product must not change (batch-split invariance
+  // of generated tokens rests on it). Shapes: partial row blocks, partial 32-wide panels, K over one 384-deep block.
+  std::mt19937_64 rng(hir::test::seed(107));
+  for (const auto& [N, C, OC] : {std::array<std::size_t, 3>{37, 128, 96}, {9, 520, 67}, {256, 40, 1100}}) {
+    INFO("N " << N << " C " << C << " OC " << OC);
+    const vec xd = uniform(rng, N * C), wd = uniform(rng, OC * C), bd = uniform(rng, OC);
+    const auto x = cast<float>(xd), w = cast<float>(wd), b = cast<float>(bd);
+    std::vector<float> packed(hir::nn::detail::packed_weight_elements<float>(OC, C), -1.f);
+    hir::nn::detail::pack_weight<float>(w.data(), OC, C, packed.data());
+    std::vector<float> plain(N * OC), fast(N * OC);
+    hir::nn::matmul_forward<float>(hir::cpu, hir::view(plain), x, w, b, N, C, OC);
+    hir::nn::matmul_forward<float>(hir::cpu, hir::view(fast), x, w, b, N, C, OC,
+                                   packed.empty() ? nullptr : packed.data());
+    CHECK(fast == plain);
+    HIR_CHECK_CLOSE(fast, ref_matmul(xd, wd, bd, N, C, OC), 1e-4, 1e-4);
+  }
+}
+
 TEST_CASE("nn layers: causal attention forward and backward") {
   std::mt19937_64 rng(hir::test::seed(103));
   const std::size_t B = 2, T = 5, C = 8, H = 2;
@@ -233,6 +253,18 @@ TEST_CASE("nn layers: gelu and residual") {
   }
   hir::nn::gelu_backward<float>(hir::cpu, hir::view(d), xf, d, N2);
   HIR_CHECK_CLOSE(d, ref, 1e-5, 1e-4);
+  // Float forward (AVX-512 where available; N3 leaves a partial vector at the end of each thread's block), against
+  // the tanh formula in double at the float inputs, including large |x|.
+  const std::size_t N3 = 100003;
+  vec x3 = uniform(rng, N3, -12, 12);
+  std::vector<float> xf3 = cast<float>(x3), of(N3);
+  vec ref3(N3);
+  for (std::size_t i = 0; i < N3; ++i) {
+    const double v = xf3[i];
+    ref3[i] = 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+  }
+  hir::nn::gelu_forward<float>(hir::cpu, hir::view(of), xf3, N3);
+  HIR_CHECK_CLOSE(of, ref3, 1e-6, 1e-6);
 
   vec a = uniform(rng, N), b = uniform(rng, N), s(N);
   hir::nn::residual_forward<double>(hir::cpu, hir::view(s), a, b, N);

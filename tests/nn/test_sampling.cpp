@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -281,4 +282,105 @@ TEST_CASE("nn generation: KV cache equals full recomputation; batch split; stop 
                                      hir::view(len)),
                   hir::invalid_argument);
   CHECK_THROWS_AS(hir::nn::generator<float>(c, B, c.context + 1), hir::invalid_argument);
+}
+
+TEST_CASE("nn generation: KV-cache attention kernel against a double reference (tile edges, head sizes)") {
+  // The generator's per-head attention over a tiled, transposed key cache: the float kernel (AVX-512 where the CPU
+  // has it) and the generic one in double against a direct evaluation of softmax(q·kᵀ/√hs)·v. Cache entries past
+  // position s are NaN: they must never reach the result.
+  std::mt19937_64 rng(hir::test::seed(404));
+  const std::size_t kt = hir::nn::detail::kv_tile;
+  for (const std::size_t hs : {8, 24, 32, 40}) {
+    const std::size_t S = 80, ldk = (hs + 8) * kt, ldv = hs + 8; // strides as if other heads were interleaved
+    const auto keys = hir::test::nn::uniform(rng, S * hs, -2.0, 2.0), vals = hir::test::nn::uniform(rng, S * hs);
+    const auto q = hir::test::nn::uniform(rng, hs, -2.0, 2.0);
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    std::vector<float> kf(S / kt * ldk, static_cast<float>(nan)), vf(S * ldv, static_cast<float>(nan));
+    std::vector<double> kd(S / kt * ldk, nan), vd(S * ldv, nan);
+    std::vector<float> qf(q.begin(), q.end()), scf(S), yf(hs);
+    std::vector<double> scd(S), yd(hs);
+    std::size_t stored = 0; // positions 0 .. stored − 1 are in both caches
+    for (const std::size_t s : {0, 1, 14, 15, 16, 17, 47, 63, 64, 79}) {
+      INFO("hs " << hs << " s " << s);
+      for (; stored <= s; ++stored) {
+        const std::size_t p = stored;
+        const std::vector<float> k1(keys.begin() + static_cast<std::ptrdiff_t>(p * hs),
+                                    keys.begin() + static_cast<std::ptrdiff_t>((p + 1) * hs));
+        const std::vector<float> v1(vals.begin() + static_cast<std::ptrdiff_t>(p * hs),
+                                    vals.begin() + static_cast<std::ptrdiff_t>((p + 1) * hs));
+        hir::nn::detail::kv_store(kf.data(), vf.data(), k1.data(), v1.data(), hs, ldk, ldv, p);
+        const std::vector<double> k2(k1.begin(), k1.end()), v2(v1.begin(), v1.end());
+        hir::nn::detail::kv_store(kd.data(), vd.data(), k2.data(), v2.data(), hs, ldk, ldv, p);
+      }
+      // Reference.
+      std::vector<double> w(s + 1), ref(hs, 0.0);
+      double mx = -1e300, z = 0;
+      for (std::size_t j = 0; j <= s; ++j) {
+        double d = 0;
+        for (std::size_t c = 0; c < hs; ++c)
+          d += static_cast<double>(qf[c]) * static_cast<double>(static_cast<float>(keys[j * hs + c]));
+        w[j] = d / std::sqrt(static_cast<double>(hs));
+        mx = std::max(mx, w[j]);
+      }
+      for (std::size_t j = 0; j <= s; ++j)
+        z += (w[j] = std::exp(w[j] - mx));
+      for (std::size_t j = 0; j <= s; ++j)
+        for (std::size_t c = 0; c < hs; ++c)
+          ref[c] += w[j] / z * static_cast<double>(static_cast<float>(vals[j * hs + c]));
+      const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+      hir::nn::detail::kv_attend<float>(qf.data(), kf.data(), vf.data(), hs, ldk, ldv, s, scale, scf.data(), yf.data());
+      HIR_CHECK_CLOSE(yf, ref, 2e-6, 2e-5);
+      const std::vector<double> qd(qf.begin(), qf.end());
+      hir::nn::detail::kv_attend<double>(qd.data(), kd.data(), vd.data(), hs, ldk, ldv, s,
+                                         1.0 / std::sqrt(static_cast<double>(hs)), scd.data(), yd.data());
+      HIR_CHECK_CLOSE(yd, ref, 1e-12, 1e-12);
+    }
+  }
+}
+
+TEST_CASE("nn generation: the double generator (generic kernels) equals full recomputation") {
+  const auto c = small_config();
+  hir::nn::model<double> m(c, 1, c.context);
+  m.init_parameters(hir::test::seed(405), 0.5);
+  const std::size_t B = 3, P = 4, N = 9;
+  std::mt19937_64 rng(hir::test::seed(406));
+  const auto prompts = hir::test::nn::tokens(rng, B * P, c.vocab);
+  const std::vector<std::size_t> plen = {4, 2, 3};
+  const std::vector<std::uint64_t> ids = {7, 8, 9};
+  hir::nn::generation_options opt;
+  opt.max_new_tokens = N;
+  opt.seed = hir::test::seed(407);
+  hir::nn::generator<double> gen(c, B, P + N);
+  std::vector<token_t> tok(B * N);
+  std::vector<double> lp(B * N), ent(B * N);
+  std::vector<std::size_t> len(B);
+  gen.generate(m, prompts, plen, ids, B, P, opt, hir::view(tok), hir::view(lp), hir::view(ent), hir::view(len));
+  for (std::size_t r = 0; r < B; ++r) {
+    REQUIRE(len[r] == N);
+    std::vector<token_t> seq(prompts.begin() + static_cast<std::ptrdiff_t>(r * P),
+                             prompts.begin() + static_cast<std::ptrdiff_t>(r * P + plen[r]));
+    seq.insert(seq.end(), tok.begin() + static_cast<std::ptrdiff_t>(r * N),
+               tok.begin() + static_cast<std::ptrdiff_t>((r + 1) * N));
+    std::vector<token_t> tgt(seq.size(), -1);
+    for (std::size_t t = 0; t + 1 < seq.size(); ++t)
+      tgt[t] = seq[t + 1];
+    m.forward(seq, tgt, 1, seq.size());
+    for (std::size_t j = 0; j < N; ++j) {
+      INFO("row " << r << " token " << j);
+      CHECK(lp[r * N + j] == doctest::Approx(m.logp()[plen[r] - 1 + j]).epsilon(1e-10).scale(1.0));
+      CHECK(ent[r * N + j] == doctest::Approx(m.entropy()[plen[r] - 1 + j]).epsilon(1e-10).scale(1.0));
+    }
+  }
+}
+
+TEST_CASE("nn generation: the KV-cache allocator aligns large buffers to 2 MiB and copies like std::vector") {
+  using alloc = hir::nn::detail::huge_page_allocator<float>;
+  std::vector<float, alloc> big(std::size_t{3} << 20, 1.5f), small(100, 2.5f); // 12 MiB and 400 bytes
+  CHECK(reinterpret_cast<std::uintptr_t>(big.data()) % (std::size_t{2} << 20) == 0);
+  const std::vector<float, alloc> copy = big;
+  CHECK(copy == big);
+  big.assign(10, 0.0f);
+  big.shrink_to_fit(); // releases the aligned block through the matching operator delete
+  CHECK(big.size() == 10);
+  CHECK(small[99] == 2.5f);
 }

@@ -191,10 +191,12 @@ void layernorm_backward(backend::cpu::tag_t const&, span<T> dinp, span<T> dweigh
 // ---- matmul ----------------------------------------------------------------------------------------------------
 
 /// out = inp · weightᵀ + bias (PyTorch Linear). \param out (N, OC) \param inp (N, C) \param weight (OC, C)
-/// \param bias (OC), or empty for none.
+/// \param bias (OC), or empty for none. \param packed_weight weight packed by detail::pack_weight (for a weight
+/// multiplied many times, e.g. in every decode step), or null; the result is the same either way.
 template <class T>
 void matmul_forward(backend::cpu::tag_t const&, span<T> out, in_span<T> inp, in_span<T> weight, in_span<T> bias,
-                    std::size_t N, std::size_t C, std::size_t OC) {
+                    std::size_t N, std::size_t C, std::size_t OC,
+                    const detail::nondeduced_t<T>* packed_weight = nullptr) {
   const char* fn = "nn::matmul_forward";
   detail::need(fn, "out.size()", out.size(), "N*OC", N * OC);
   detail::need(fn, "inp.size()", inp.size(), "N*C", N * C);
@@ -207,8 +209,8 @@ void matmul_forward(backend::cpu::tag_t const&, span<T> out, in_span<T> inp, in_
   nn::detail::parallel_for(
       N, detail::matmul_grain(C, OC),
       [&](std::size_t b, std::size_t e) {
-        nn::detail::gemm<T>(false, true, e - b, OC, C, T(1), inp.data() + b * C, C, weight.data(), C, T(0),
-                            out.data() + b * OC, OC, bias.empty() ? nullptr : bias.data());
+        nn::detail::gemm_weight<T>(e - b, OC, C, inp.data() + b * C, C, weight.data(), packed_weight,
+                                   out.data() + b * OC, OC, bias.empty() ? nullptr : bias.data());
       },
       16);
 }

@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 // The one matrix-product primitive of the CPU transformer: row-major C = alpha·op(A)·op(B) + beta·C (+ a bias per
 // column) on one thread. float products run on hir's own AVX-512 kernel when the CPU has AVX-512F (chosen at run time,
-// so a build without -march=native is fast too): op(A) and op(B) are packed into thread-local panels (allocated once,
-// reused by every later call) and a 12 × 32 register-blocked micro-kernel accumulates them; the small, skinny shapes
-// of the transformer (K = 96…512, N = 96…512) leave Eigen's and OpenBLAS's per-call costs (blocking heuristics,
-// packing buffers) visible, which this path avoids. Everything else (double, CPUs without AVX-512) goes to Eigen
-// through Eigen::Map (no copies). Define HIR_NN_USE_CBLAS (and link a CBLAS, e.g. Debian's OpenBLAS) to hand every
-// product to cblas_sgemm / cblas_dgemm instead. The callers split work across threads themselves, so the BLAS must
-// run single-threaded (hir::nn::detail::blas_single_thread() tells OpenBLAS so when HIR_NN_USE_OPENBLAS).
+// so a build without -march=native is fast too): op(B) is packed into thread-local panels (allocated once, reused by
+// every later call), A is read in place, and an 8 × 32 register-blocked micro-kernel accumulates them; the small,
+// skinny shapes of the transformer (K = 96…512, N = 96…512) leave Eigen's and OpenBLAS's per-call costs (blocking
+// heuristics, packing buffers) visible, which this path avoids. A weight used by many products (every decode step of
+// the generator) can be packed once (pack_weight) and multiplied by gemm_weight without repacking. Everything else
+// (double, CPUs without AVX-512) goes to Eigen through Eigen::Map (no copies). The AVX-512 namespace also holds the
+// vectorized exp used by the generator's KV-cache attention. Define HIR_NN_USE_CBLAS (and link a CBLAS, e.g.
+// Debian's OpenBLAS) to hand every product to cblas_sgemm / cblas_dgemm instead. The callers split work across threads
+// themselves, so the BLAS must run single-threaded (hir::nn::detail::blas_single_thread() tells OpenBLAS so when
+// HIR_NN_USE_OPENBLAS).
 #pragma once
 
 #include <Eigen/Core>
@@ -17,10 +20,15 @@
 #include <type_traits>
 #include <vector>
 
-#if !defined(HIR_NN_USE_CBLAS) && !defined(HIR_NN_NO_AVX512) && (defined(__x86_64__) || defined(__i386__)) &&          \
+// HIR_NN_HAVE_AVX512_KERNEL: the AVX-512 code (GEMM, exp, the generator's attention) is compiled, and used when the
+// CPU has AVX-512F; HIR_NN_AVX512_GEMM: the float products use it (not when a CBLAS takes every product).
+#if !defined(HIR_NN_NO_AVX512) && (defined(__x86_64__) || defined(__i386__)) &&                                        \
     (defined(__GNUC__) || defined(__clang__))
 #  define HIR_NN_HAVE_AVX512_KERNEL 1
 #  include <immintrin.h>
+#  if !defined(HIR_NN_USE_CBLAS)
+#    define HIR_NN_AVX512_GEMM 1
+#  endif
 #endif
 
 #if defined(HIR_NN_USE_CBLAS)
@@ -41,7 +49,9 @@ inline bool cpu_has_avx512() {
 
 namespace avx512 {
 #  define HIR_NN_AVX512_FN __attribute__((target("avx512f,fma")))
-inline constexpr std::size_t MR = 8, NR = 32, KC = 384, NC = 1024;
+// Micro-tile MR × NR; K blocks of KC (a packed B micro-panel, KC × NR floats = 32 KiB, stays in L1), MC-row blocks
+// of A (stay in L2), N blocks of NC.
+inline constexpr std::size_t MR = 8, NR = 32, KC = 256, NC = 1024, MC = 128;
 
 /// Thread-local packing buffers; they grow to the largest shape seen and are then reused (no per-call allocation).
 struct pack_buffers {
@@ -139,19 +149,33 @@ inline void pack_b(bool trans_b, const float* B, std::size_t ldb, std::size_t k0
   }
 }
 
-/// C = alpha·op(A)·op(B) + beta·C + bias (see gemm); float, one thread. op(B) is packed (once per K block); A is
-/// read in place (a transposed A's last, partial row panel is copied into a zero-padded MR-wide panel first).
+/// Elements of op(B) (K, N) packed whole: every K block's panels, one block after the other (see pack_all_b).
+inline std::size_t packed_b_elements(std::size_t K, std::size_t N) {
+  return K * ((N + NR - 1) / NR * NR);
+}
+
+/// Packs all of op(B) (K, N) into `pb` (packed_b_elements(K, N)): K block k0 starts at k0·Npad (Npad = N rounded up to
+/// NR) and holds the panels pack_b writes for that block, so gemm can read any (k0, j0) block in place.
+inline void pack_all_b(bool trans_b, const float* B, std::size_t ldb, std::size_t K, std::size_t N, float* pb) {
+  const std::size_t npad = (N + NR - 1) / NR * NR;
+  for (std::size_t k0 = 0; k0 < K; k0 += KC)
+    pack_b(trans_b, B, ldb, k0, std::min(KC, K - k0), 0, N, pb + k0 * npad);
+}
+
+/// C = alpha·op(A)·op(B) + beta·C + bias (see gemm); float, one thread. op(B) is packed once per K block, or read
+/// from `prepacked` (pack_all_b's layout) when it is not null; A is read in place (a transposed A's last, partial row
+/// panel is copied into a zero-padded MR-wide panel first). Each row of C is computed the same way whatever M is.
 inline void gemm(bool trans_a, bool trans_b, std::size_t M, std::size_t N, std::size_t K, float alpha, const float* A,
                  std::size_t lda, const float* B, std::size_t ldb, float beta, float* C, std::size_t ldc,
-                 const float* bias) {
+                 const float* bias, const float* prepacked = nullptr) {
   pack_buffers& bufs = buffers();
   const std::size_t kc_max = std::min(K, KC), nc_max = std::min(N, NC);
   const std::size_t need_b = kc_max * ((nc_max + NR - 1) / NR) * NR, need_a = kc_max * MR;
-  if (bufs.b.size() < need_b)
+  if (!prepacked && bufs.b.size() < need_b)
     bufs.b.resize(need_b);
   if (trans_a && M % MR != 0 && bufs.a.size() < need_a)
     bufs.a.resize(need_a);
-  float* pb = bufs.b.data();
+  const std::size_t npad = (N + NR - 1) / NR * NR;
   for (std::size_t j0 = 0; j0 < N; j0 += NC) {
     const std::size_t nc = std::min(NC, N - j0);
     for (std::size_t k0 = 0; k0 < K; k0 += KC) {
@@ -159,35 +183,82 @@ inline void gemm(bool trans_a, bool trans_b, std::size_t M, std::size_t N, std::
       const bool first = k0 == 0;
       const float beta_k = first ? beta : 1.0f;
       const float* bias_k = first && bias ? bias + j0 : nullptr;
-      pack_b(trans_b, B, ldb, k0, kc, j0, nc, pb);
-      for (std::size_t i0 = 0; i0 < M; i0 += MR) {
-        const std::size_t mr = std::min(MR, M - i0);
-        float* c = C + i0 * ldc + j0;
-        if (trans_a) { // A stored (K, M)
-          const float* a = A + k0 * lda + i0;
-          std::size_t la = lda;
-          if (mr < MR) {
-            float* pa = bufs.a.data();
-            for (std::size_t k = 0; k < kc; ++k)
-              for (std::size_t r = 0; r < MR; ++r)
-                pa[k * MR + r] = r < mr ? a[k * lda + r] : 0.0f;
-            a = pa;
-            la = MR;
+      const float* pb = prepacked ? prepacked + k0 * npad + (j0 / NR) * kc * NR : bufs.b.data();
+      if (!prepacked)
+        pack_b(trans_b, B, ldb, k0, kc, j0, nc, bufs.b.data());
+      // Goto's order: MC-row blocks of A (in L2), then one NR-wide B panel (kc × NR, in L1) against every MR-row
+      // panel of the block.
+      for (std::size_t ib = 0; ib < M; ib += MC) {
+        const std::size_t ie = std::min(M, ib + MC);
+        if (trans_a && (ie - ib) % MR != 0) { // A stored (K, M): zero-pad the last, partial row panel once
+          const std::size_t i0 = ie - (ie - ib) % MR, mr = ie - i0;
+          for (std::size_t k = 0; k < kc; ++k)
+            for (std::size_t r = 0; r < MR; ++r)
+              bufs.a[k * MR + r] = r < mr ? A[(k0 + k) * lda + i0 + r] : 0.0f;
+        }
+        for (std::size_t jp = 0; jp < nc; jp += NR) {
+          const float* panel = pb + (jp / NR) * kc * NR;
+          const std::size_t nr = std::min(NR, nc - jp);
+          const float* bias_j = bias_k ? bias_k + jp : nullptr;
+          for (std::size_t i0 = ib; i0 < ie; i0 += MR) {
+            const std::size_t mr = std::min(MR, ie - i0);
+            float* c = C + i0 * ldc + j0 + jp;
+            if (!trans_a)
+              micro_kernel<false>(kc, A + i0 * lda + k0, lda, panel, c, ldc, mr, nr, alpha, beta_k, bias_j);
+            else if (mr == MR)
+              micro_kernel<true>(kc, A + k0 * lda + i0, lda, panel, c, ldc, mr, nr, alpha, beta_k, bias_j);
+            else
+              micro_kernel<true>(kc, bufs.a.data(), MR, panel, c, ldc, mr, nr, alpha, beta_k, bias_j);
           }
-          for (std::size_t jp = 0; jp < nc; jp += NR)
-            micro_kernel<true>(kc, a, la, pb + (jp / NR) * kc * NR, c + jp, ldc, mr, std::min(NR, nc - jp), alpha,
-                               beta_k, bias_k ? bias_k + jp : nullptr);
-        } else {
-          const float* a = A + i0 * lda + k0;
-          for (std::size_t jp = 0; jp < nc; jp += NR)
-            micro_kernel<false>(kc, a, lda, pb + (jp / NR) * kc * NR, c + jp, ldc, mr, std::min(NR, nc - jp), alpha,
-                                beta_k, bias_k ? bias_k + jp : nullptr);
         }
       }
     }
   }
 }
-#  undef HIR_NN_AVX512_FN
+
+// Lane-wise min/max, rounding, scaling and horizontal reductions through the masked intrinsics with an explicit
+// source operand: GCC 12's unmasked forms pass _mm512_undefined_ps() and trip -Wuninitialized (GCC bug 105593).
+HIR_NN_AVX512_FN inline __m512 max_ps(__m512 a, __m512 b) {
+  return _mm512_mask_max_ps(a, 0xFFFF, a, b);
+}
+HIR_NN_AVX512_FN inline __m512 min_ps(__m512 a, __m512 b) {
+  return _mm512_mask_min_ps(a, 0xFFFF, a, b);
+}
+/// Σ of the 16 lanes (pairwise tree).
+HIR_NN_AVX512_FN inline float sum_ps(__m512 v) {
+  v = _mm512_add_ps(v, _mm512_mask_shuffle_f32x4(v, 0xFFFF, v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = _mm512_add_ps(v, _mm512_mask_shuffle_f32x4(v, 0xFFFF, v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  v = _mm512_add_ps(v, _mm512_mask_permute_ps(v, 0xFFFF, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = _mm512_add_ps(v, _mm512_mask_permute_ps(v, 0xFFFF, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm512_cvtss_f32(v);
+}
+/// max of the 16 lanes.
+HIR_NN_AVX512_FN inline float hmax_ps(__m512 v) {
+  v = max_ps(v, _mm512_mask_shuffle_f32x4(v, 0xFFFF, v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = max_ps(v, _mm512_mask_shuffle_f32x4(v, 0xFFFF, v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  v = max_ps(v, _mm512_mask_permute_ps(v, 0xFFFF, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = max_ps(v, _mm512_mask_permute_ps(v, 0xFFFF, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm512_cvtss_f32(v);
+}
+
+/// exp(x) of 16 floats: 2^n · p(r) with n = round(x·log₂e), r = x − n·ln 2 (two-part ln 2) and Cephes' expf
+/// polynomial (≈ 1 ulp on [−ln2/2, ln2/2]); 2^n by vscalefps, so large negative x flush smoothly to 0.
+/// x is clamped to [−104, 88.7] (exp(88.7) is just below FLT_MAX); NaN is not propagated.
+HIR_NN_AVX512_FN inline __m512 exp_ps(__m512 x) {
+  x = min_ps(max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(88.7f));
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+  const __m512 n = _mm512_mask_roundscale_ps(t, 0xFFFF, t, _MM_FROUND_TO_NEAREST_INT);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_mask_scalef_ps(p, 0xFFFF, p, n);
+}
 } // namespace avx512
 #endif
 
@@ -195,7 +266,7 @@ inline void gemm(bool trans_a, bool trans_b, std::size_t M, std::size_t N, std::
 inline const char* gemm_name() {
 #if defined(HIR_NN_USE_CBLAS)
   return "cblas";
-#elif defined(HIR_NN_HAVE_AVX512_KERNEL)
+#elif defined(HIR_NN_AVX512_GEMM)
   return cpu_has_avx512() ? "hir-avx512" : "eigen";
 #else
   return "eigen";
@@ -218,7 +289,7 @@ void gemm(bool trans_a, bool trans_b, std::size_t M, std::size_t N, std::size_t 
           const T* B, std::size_t ldb, T beta, T* C, std::size_t ldc, const T* bias = nullptr) {
   if (M == 0 || N == 0)
     return;
-#if defined(HIR_NN_HAVE_AVX512_KERNEL)
+#if defined(HIR_NN_AVX512_GEMM)
   if constexpr (std::is_same_v<T, float>) {
     if (K > 0 && cpu_has_avx512()) {
       avx512::gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias);
@@ -272,6 +343,64 @@ void gemm(bool trans_a, bool trans_b, std::size_t M, std::size_t N, std::size_t 
     run(a.transpose(), b);
   else
     run(a.transpose(), b.transpose());
+}
+
+/// True when products of T use packed panels, i.e. pack_weight does something and gemm_weight reads the packing.
+template <class T>
+bool weight_packing_used() {
+#if defined(HIR_NN_AVX512_GEMM)
+  if constexpr (std::is_same_v<T, float>)
+    return cpu_has_avx512();
+#endif
+  return false;
+}
+
+/// Elements the packing of a Linear weight W (N, K) (row-major, PyTorch's (out, in)) takes; 0 when T's products do
+/// not use packed panels (then gemm_weight reads W itself).
+template <class T>
+std::size_t packed_weight_elements(std::size_t N, std::size_t K) {
+#if defined(HIR_NN_AVX512_GEMM)
+  if constexpr (std::is_same_v<T, float>)
+    if (weight_packing_used<T>())
+      return avx512::packed_b_elements(K, N);
+#endif
+  (void)N;
+  (void)K;
+  return 0;
+}
+
+/// Packs W (N, K) into `packed` (packed_weight_elements(N, K) elements) for gemm_weight; a no-op when that is 0.
+template <class T>
+void pack_weight(const T* W, std::size_t N, std::size_t K, T* packed) {
+#if defined(HIR_NN_AVX512_GEMM)
+  if constexpr (std::is_same_v<T, float>)
+    if (weight_packing_used<T>()) {
+      avx512::pack_all_b(true, W, K, K, N, packed);
+      return;
+    }
+#endif
+  (void)W;
+  (void)N;
+  (void)K;
+  (void)packed;
+}
+
+/// C(M, N) = A(M, K) · Wᵀ (+ bias) (+ C when `accumulate`) — gemm(false, true, …) with W packed once by pack_weight
+/// (`packed` may be null when packed_weight_elements is 0). Bit-identical to the unpacked product; with the AVX-512
+/// kernel, accumulating gives exactly C + (A·Wᵀ + bias), i.e. the product followed by a separate residual add.
+template <class T>
+void gemm_weight(std::size_t M, std::size_t N, std::size_t K, const T* A, std::size_t lda, const T* W, const T* packed,
+                 T* C, std::size_t ldc, const T* bias = nullptr, bool accumulate = false) {
+  const T beta = accumulate ? T(1) : T(0);
+#if defined(HIR_NN_AVX512_GEMM)
+  if constexpr (std::is_same_v<T, float>)
+    if (packed && M > 0 && N > 0 && K > 0 && weight_packing_used<T>()) {
+      avx512::gemm(false, true, M, N, K, 1.0f, A, lda, W, K, beta, C, ldc, bias, packed);
+      return;
+    }
+#endif
+  (void)packed;
+  gemm<T>(false, true, M, N, K, T(1), A, lda, W, K, beta, C, ldc, bias);
 }
 
 } // namespace hir::nn::detail
