@@ -12,6 +12,7 @@
 #include <hir/core/span.hpp>
 #include <hir/nn/config.hpp>
 #include <hir/nn/detail/gemm.hpp>
+#include <hir/nn/detail/layer_checks.hpp>
 #include <hir/nn/detail/parallel.hpp>
 
 #include <Eigen/Core>
@@ -45,10 +46,6 @@ inline std::size_t matmul_grain(std::size_t K, std::size_t N) {
   return std::max<std::size_t>(16, std::size_t{1000000} / std::max<std::size_t>(1, K * N));
 }
 
-/// Throws unless `size == expected`.
-inline void need(const char* fn, const char* what, std::size_t size, const char* shape, std::size_t expected) {
-  hir::detail::check_size(fn, what, size, shape, expected);
-}
 } // namespace detail
 
 /// Host span of const T (the input spans of the layer functions).
@@ -64,14 +61,9 @@ template <class T>
 void embedding_forward(backend::cpu::tag_t const&, span<T> out, span<const token_t> tokens, in_span<T> wte,
                        in_span<T> wpe, std::size_t B, std::size_t Tn, std::size_t C, std::size_t position_offset = 0) {
   const char* fn = "nn::embedding_forward";
-  detail::need(fn, "out.size()", out.size(), "B*T*C", B * Tn * C);
-  detail::need(fn, "tokens.size()", tokens.size(), "B*T", B * Tn);
-  if (C == 0 || wte.size() % C != 0 || wpe.size() % C != 0)
-    hir::detail::fail(fn, "wte.size() = ", wte.size(), " and wpe.size() = ", wpe.size(),
-                      " must be multiples of C = ", C);
-  const std::size_t V = wte.size() / C, P = wpe.size() / C;
-  if (position_offset + Tn > P)
-    hir::detail::fail(fn, "position_offset + T = ", position_offset + Tn, " exceeds the ", P, " positions of wpe");
+  const std::size_t V =
+      detail::check_embedding_forward(fn, out.size(), tokens.size(), wte.size(), wpe.size(), B, Tn, C, position_offset)
+          .V;
   for (std::size_t i = 0; i < B * Tn; ++i)
     if (tokens[i] < 0 || static_cast<std::size_t>(tokens[i]) >= V)
       hir::detail::fail(fn, "tokens[", i, "] = ", tokens[i], " is outside [0, V = ", V, ")");
@@ -92,11 +84,7 @@ template <class T>
 void embedding_backward(backend::cpu::tag_t const&, span<T> dwte, span<T> dwpe, in_span<T> dout,
                         span<const token_t> tokens, std::size_t B, std::size_t Tn, std::size_t C) {
   const char* fn = "nn::embedding_backward";
-  detail::need(fn, "dout.size()", dout.size(), "B*T*C", B * Tn * C);
-  detail::need(fn, "tokens.size()", tokens.size(), "B*T", B * Tn);
-  if (C == 0 || dwte.size() % C != 0 || dwpe.size() < Tn * C)
-    hir::detail::fail(fn, "dwte.size() = ", dwte.size(), " must be a multiple of C = ", C,
-                      " and dwpe.size() = ", dwpe.size(), " at least T*C = ", Tn * C);
+  detail::check_embedding_backward(fn, dwte.size(), dwpe.size(), dout.size(), tokens.size(), B, Tn, C);
   // Split over channels: each thread owns a slice of every row of dwte and dwpe, so no two threads write one element.
   nn::detail::parallel_for(
       C, 32,
@@ -123,12 +111,8 @@ template <class T>
 void layernorm_forward(backend::cpu::tag_t const&, span<T> out, span<T> mean, span<T> rstd, in_span<T> inp,
                        in_span<T> weight, in_span<T> bias, std::size_t N, std::size_t C) {
   const char* fn = "nn::layernorm_forward";
-  detail::need(fn, "out.size()", out.size(), "N*C", N * C);
-  detail::need(fn, "inp.size()", inp.size(), "N*C", N * C);
-  detail::need(fn, "mean.size()", mean.size(), "N", N);
-  detail::need(fn, "rstd.size()", rstd.size(), "N", N);
-  detail::need(fn, "weight.size()", weight.size(), "C", C);
-  detail::need(fn, "bias.size()", bias.size(), "C", C);
+  detail::check_layernorm_forward(fn, out.size(), mean.size(), rstd.size(), inp.size(), weight.size(), bias.size(), N,
+                                  C);
   const detail::const_array_map<T> w(weight.data(), detail::ei(C)), bi(bias.data(), detail::ei(C));
   // (N, C), at least ~16 K elements per thread
   const std::size_t grain = std::max<std::size_t>(64, 16384 / std::max<std::size_t>(C, 1));
@@ -153,14 +137,8 @@ void layernorm_backward(backend::cpu::tag_t const&, span<T> dinp, span<T> dweigh
                         in_span<T> inp, in_span<T> weight, in_span<T> mean, in_span<T> rstd, std::size_t N,
                         std::size_t C) {
   const char* fn = "nn::layernorm_backward";
-  detail::need(fn, "dinp.size()", dinp.size(), "N*C", N * C);
-  detail::need(fn, "dout.size()", dout.size(), "N*C", N * C);
-  detail::need(fn, "inp.size()", inp.size(), "N*C", N * C);
-  detail::need(fn, "dweight.size()", dweight.size(), "C", C);
-  detail::need(fn, "dbias.size()", dbias.size(), "C", C);
-  detail::need(fn, "weight.size()", weight.size(), "C", C);
-  detail::need(fn, "mean.size()", mean.size(), "N", N);
-  detail::need(fn, "rstd.size()", rstd.size(), "N", N);
+  detail::check_layernorm_backward(fn, dinp.size(), dweight.size(), dbias.size(), dout.size(), inp.size(),
+                                   weight.size(), mean.size(), rstd.size(), N, C);
   const detail::const_array_map<T> w(weight.data(), detail::ei(C));
   // Rows in parallel: dinp = rstd · (g − mean(g) − x̂ · mean(g · x̂)) with g = dout · weight.
   const std::size_t grain = std::max<std::size_t>(64, 16384 / std::max<std::size_t>(C, 1));
@@ -198,11 +176,7 @@ void matmul_forward(backend::cpu::tag_t const&, span<T> out, in_span<T> inp, in_
                     std::size_t N, std::size_t C, std::size_t OC,
                     const detail::nondeduced_t<T>* packed_weight = nullptr) {
   const char* fn = "nn::matmul_forward";
-  detail::need(fn, "out.size()", out.size(), "N*OC", N * OC);
-  detail::need(fn, "inp.size()", inp.size(), "N*C", N * C);
-  detail::need(fn, "weight.size()", weight.size(), "OC*C", OC * C);
-  if (!bias.empty())
-    detail::need(fn, "bias.size()", bias.size(), "OC", OC);
+  detail::check_matmul_forward(fn, out.size(), inp.size(), weight.size(), bias.size(), N, C, OC);
   nn::detail::blas_single_thread();
   // (N, OC) rows split across threads; each block is one GEMM (with the bias in its epilogue). A thread takes at
   // least ~2 MFLOP (tens of µs), so the small products of decoding run on one thread instead of paying for a region.
@@ -223,14 +197,8 @@ template <class T>
 void matmul_backward(backend::cpu::tag_t const&, span<T> dinp, span<T> dweight, span<T> dbias, in_span<T> dout,
                      in_span<T> inp, in_span<T> weight, std::size_t N, std::size_t C, std::size_t OC) {
   const char* fn = "nn::matmul_backward";
-  if (!dinp.empty())
-    detail::need(fn, "dinp.size()", dinp.size(), "N*C", N * C);
-  detail::need(fn, "dweight.size()", dweight.size(), "OC*C", OC * C);
-  if (!dbias.empty())
-    detail::need(fn, "dbias.size()", dbias.size(), "OC", OC);
-  detail::need(fn, "dout.size()", dout.size(), "N*OC", N * OC);
-  detail::need(fn, "inp.size()", inp.size(), "N*C", N * C);
-  detail::need(fn, "weight.size()", weight.size(), "OC*C", OC * C);
+  detail::check_matmul_backward(fn, dinp.size(), dweight.size(), dbias.size(), dout.size(), inp.size(), weight.size(),
+                                N, C, OC);
   nn::detail::blas_single_thread();
   // (N, C) = (N, OC) · (OC, C), rows split across threads.
   if (!dinp.empty())
@@ -265,11 +233,7 @@ template <class T>
 void attention_forward(backend::cpu::tag_t const&, span<T> out, span<T> att, in_span<T> qkv, std::size_t B,
                        std::size_t Tn, std::size_t C, std::size_t H) {
   const char* fn = "nn::attention_forward";
-  if (H == 0 || C % H != 0)
-    hir::detail::fail(fn, "C = ", C, " is not a positive multiple of H = ", H);
-  detail::need(fn, "out.size()", out.size(), "B*T*C", B * Tn * C);
-  detail::need(fn, "att.size()", att.size(), "B*H*T*T", B * H * Tn * Tn);
-  detail::need(fn, "qkv.size()", qkv.size(), "B*T*3C", B * Tn * 3 * C);
+  detail::check_attention_forward(fn, out.size(), att.size(), qkv.size(), B, Tn, C, H);
   const std::size_t hs = C / H, C3 = 3 * C;
   const T scale = T(1) / std::sqrt(static_cast<T>(hs));
   nn::detail::blas_single_thread();
@@ -301,13 +265,7 @@ template <class T>
 void attention_backward(backend::cpu::tag_t const&, span<T> dqkv, span<T> datt, in_span<T> dout, in_span<T> qkv,
                         in_span<T> att, std::size_t B, std::size_t Tn, std::size_t C, std::size_t H) {
   const char* fn = "nn::attention_backward";
-  if (H == 0 || C % H != 0)
-    hir::detail::fail(fn, "C = ", C, " is not a positive multiple of H = ", H);
-  detail::need(fn, "dqkv.size()", dqkv.size(), "B*T*3C", B * Tn * 3 * C);
-  detail::need(fn, "datt.size()", datt.size(), "B*H*T*T", B * H * Tn * Tn);
-  detail::need(fn, "dout.size()", dout.size(), "B*T*C", B * Tn * C);
-  detail::need(fn, "qkv.size()", qkv.size(), "B*T*3C", B * Tn * 3 * C);
-  detail::need(fn, "att.size()", att.size(), "B*H*T*T", B * H * Tn * Tn);
+  detail::check_attention_backward(fn, dqkv.size(), datt.size(), dout.size(), qkv.size(), att.size(), B, Tn, C, H);
   const std::size_t hs = C / H, C3 = 3 * C;
   const T scale = T(1) / std::sqrt(static_cast<T>(hs));
   nn::detail::blas_single_thread();
@@ -414,11 +372,7 @@ template <class T>
 void logp_entropy_forward(backend::cpu::tag_t const&, span<T> logp, span<T> entropy, span<T> lse, in_span<T> logits,
                           span<const token_t> targets, std::size_t N, std::size_t V) {
   const char* fn = "nn::logp_entropy_forward";
-  detail::need(fn, "logp.size()", logp.size(), "N", N);
-  detail::need(fn, "entropy.size()", entropy.size(), "N", N);
-  detail::need(fn, "lse.size()", lse.size(), "N", N);
-  detail::need(fn, "logits.size()", logits.size(), "N*V", N * V);
-  detail::need(fn, "targets.size()", targets.size(), "N", N);
+  detail::check_logp_entropy_forward(fn, logp.size(), entropy.size(), lse.size(), logits.size(), targets.size(), N, V);
   for (std::size_t i = 0; i < N; ++i)
     if (targets[i] >= 0 && static_cast<std::size_t>(targets[i]) >= V)
       hir::detail::fail(fn, "targets[", i, "] = ", targets[i], " is not below V = ", V);
@@ -446,14 +400,8 @@ void logp_entropy_backward(backend::cpu::tag_t const&, span<T> dlogits, in_span<
                            in_span<T> entropy, span<const token_t> targets, in_span<T> dlogp, in_span<T> dentropy,
                            std::size_t N, std::size_t V) {
   const char* fn = "nn::logp_entropy_backward";
-  detail::need(fn, "dlogits.size()", dlogits.size(), "N*V", N * V);
-  detail::need(fn, "logits.size()", logits.size(), "N*V", N * V);
-  detail::need(fn, "lse.size()", lse.size(), "N", N);
-  detail::need(fn, "entropy.size()", entropy.size(), "N", N);
-  detail::need(fn, "targets.size()", targets.size(), "N", N);
-  detail::need(fn, "dlogp.size()", dlogp.size(), "N", N);
-  if (!dentropy.empty())
-    detail::need(fn, "dentropy.size()", dentropy.size(), "N", N);
+  detail::check_logp_entropy_backward(fn, dlogits.size(), logits.size(), lse.size(), entropy.size(), targets.size(),
+                                      dlogp.size(), dentropy.size(), N, V);
   nn::detail::parallel_for(N, 128, [&](std::size_t b, std::size_t e) {
     for (std::size_t i = b; i < e; ++i) {
       const detail::const_array_map<T> z(logits.data() + i * V, detail::ei(V));

@@ -16,6 +16,7 @@
 #include <hir/core/error.hpp>
 #include <hir/core/span.hpp>
 #include <hir/nn/config.hpp>
+#include <hir/nn/detail/layer_checks.hpp>
 #include <hir/nn/device/gemm.hpp>
 
 #include <thrust/for_each.h>
@@ -361,10 +362,6 @@ struct hir_nn_logp_entropy_bwd { // e over (N, V)
   }
 };
 
-inline void nn_need(const char* fn, const char* what, std::size_t size, const char* shape, std::size_t expected) {
-  hir::detail::check_size(fn, what, size, shape, expected);
-}
-
 /// Throws the CPU layer's message for the first token outside [0, V) (targets: at or above V), if any.
 inline void nn_check_tokens(tag_t const& be, const char* fn, const char* name, span<const nn::token_t, device_space> t,
                             std::size_t V, bool targets) {
@@ -390,14 +387,9 @@ void embedding_forward(tag_t const& be, nn_span<T> out, span<const nn::token_t, 
                        nn_in_span<T> wpe, std::size_t B, std::size_t Tn, std::size_t C,
                        std::size_t position_offset = 0) {
   const char* fn = "nn::embedding_forward";
-  detail::nn_need(fn, "out.size()", out.size(), "B*T*C", B * Tn * C);
-  detail::nn_need(fn, "tokens.size()", tokens.size(), "B*T", B * Tn);
-  if (C == 0 || wte.size() % C != 0 || wpe.size() % C != 0)
-    hir::detail::fail(fn, "wte.size() = ", wte.size(), " and wpe.size() = ", wpe.size(),
-                      " must be multiples of C = ", C);
-  const std::size_t V = wte.size() / C, P = wpe.size() / C;
-  if (position_offset + Tn > P)
-    hir::detail::fail(fn, "position_offset + T = ", position_offset + Tn, " exceeds the ", P, " positions of wpe");
+  const std::size_t V = hir::nn::detail::check_embedding_forward(fn, out.size(), tokens.size(), wte.size(), wpe.size(),
+                                                                 B, Tn, C, position_offset)
+                            .V;
   detail::nn_check_tokens(be, fn, "tokens", tokens, V, false);
   detail::nn_for_each(
       be, B * Tn * C,
@@ -411,11 +403,7 @@ template <class T>
 void embedding_backward(tag_t const& be, nn_span<T> dwte, nn_span<T> dwpe, nn_in_span<T> dout,
                         span<const nn::token_t, device_space> tokens, std::size_t B, std::size_t Tn, std::size_t C) {
   const char* fn = "nn::embedding_backward";
-  detail::nn_need(fn, "dout.size()", dout.size(), "B*T*C", B * Tn * C);
-  detail::nn_need(fn, "tokens.size()", tokens.size(), "B*T", B * Tn);
-  if (C == 0 || dwte.size() % C != 0 || dwpe.size() < Tn * C)
-    hir::detail::fail(fn, "dwte.size() = ", dwte.size(), " must be a multiple of C = ", C,
-                      " and dwpe.size() = ", dwpe.size(), " at least T*C = ", Tn * C);
+  hir::nn::detail::check_embedding_backward(fn, dwte.size(), dwpe.size(), dout.size(), tokens.size(), B, Tn, C);
   detail::nn_for_each(be, dwte.size(),
                       detail::hir_nn_embedding_bwd_wte<T>{dwte.data(), dout.data(), tokens.data(), B * Tn, C});
   detail::nn_for_each(be, Tn * C, detail::hir_nn_embedding_bwd_wpe<T>{dwpe.data(), dout.data(), B, Tn, C});
@@ -430,12 +418,8 @@ template <class T>
 void layernorm_forward(tag_t const& be, nn_span<T> out, nn_span<T> mean, nn_span<T> rstd, nn_in_span<T> inp,
                        nn_in_span<T> weight, nn_in_span<T> bias, std::size_t N, std::size_t C) {
   const char* fn = "nn::layernorm_forward";
-  detail::nn_need(fn, "out.size()", out.size(), "N*C", N * C);
-  detail::nn_need(fn, "inp.size()", inp.size(), "N*C", N * C);
-  detail::nn_need(fn, "mean.size()", mean.size(), "N", N);
-  detail::nn_need(fn, "rstd.size()", rstd.size(), "N", N);
-  detail::nn_need(fn, "weight.size()", weight.size(), "C", C);
-  detail::nn_need(fn, "bias.size()", bias.size(), "C", C);
+  hir::nn::detail::check_layernorm_forward(fn, out.size(), mean.size(), rstd.size(), inp.size(), weight.size(),
+                                           bias.size(), N, C);
   if (C == 0)
     return;
   detail::nn_for_each(
@@ -452,14 +436,8 @@ void layernorm_backward(tag_t const& be, nn_span<T> dinp, nn_span<T> dweight, nn
                         nn_in_span<T> inp, nn_in_span<T> weight, nn_in_span<T> mean, nn_in_span<T> rstd, std::size_t N,
                         std::size_t C) {
   const char* fn = "nn::layernorm_backward";
-  detail::nn_need(fn, "dinp.size()", dinp.size(), "N*C", N * C);
-  detail::nn_need(fn, "dout.size()", dout.size(), "N*C", N * C);
-  detail::nn_need(fn, "inp.size()", inp.size(), "N*C", N * C);
-  detail::nn_need(fn, "dweight.size()", dweight.size(), "C", C);
-  detail::nn_need(fn, "dbias.size()", dbias.size(), "C", C);
-  detail::nn_need(fn, "weight.size()", weight.size(), "C", C);
-  detail::nn_need(fn, "mean.size()", mean.size(), "N", N);
-  detail::nn_need(fn, "rstd.size()", rstd.size(), "N", N);
+  hir::nn::detail::check_layernorm_backward(fn, dinp.size(), dweight.size(), dbias.size(), dout.size(), inp.size(),
+                                            weight.size(), mean.size(), rstd.size(), N, C);
   if (C == 0)
     return;
   detail::nn_for_each(be, N,
@@ -479,11 +457,7 @@ template <class T>
 void matmul_forward(tag_t const& be, nn_span<T> out, nn_in_span<T> inp, nn_in_span<T> weight, nn_in_span<T> bias,
                     std::size_t N, std::size_t C, std::size_t OC) {
   const char* fn = "nn::matmul_forward";
-  detail::nn_need(fn, "out.size()", out.size(), "N*OC", N * OC);
-  detail::nn_need(fn, "inp.size()", inp.size(), "N*C", N * C);
-  detail::nn_need(fn, "weight.size()", weight.size(), "OC*C", OC * C);
-  if (!bias.empty())
-    detail::nn_need(fn, "bias.size()", bias.size(), "OC", OC);
+  hir::nn::detail::check_matmul_forward(fn, out.size(), inp.size(), weight.size(), bias.size(), N, C, OC);
   if (!bias.empty())
     detail::nn_for_each(be, N * OC, detail::hir_nn_broadcast_rows<T>{out.data(), bias.data(), OC});
   // (N, OC) = (N, C) · (OC, C)ᵀ [+ out]
@@ -499,14 +473,8 @@ template <class T>
 void matmul_backward(tag_t const& be, nn_span<T> dinp, nn_span<T> dweight, nn_span<T> dbias, nn_in_span<T> dout,
                      nn_in_span<T> inp, nn_in_span<T> weight, std::size_t N, std::size_t C, std::size_t OC) {
   const char* fn = "nn::matmul_backward";
-  if (!dinp.empty())
-    detail::nn_need(fn, "dinp.size()", dinp.size(), "N*C", N * C);
-  detail::nn_need(fn, "dweight.size()", dweight.size(), "OC*C", OC * C);
-  if (!dbias.empty())
-    detail::nn_need(fn, "dbias.size()", dbias.size(), "OC", OC);
-  detail::nn_need(fn, "dout.size()", dout.size(), "N*OC", N * OC);
-  detail::nn_need(fn, "inp.size()", inp.size(), "N*C", N * C);
-  detail::nn_need(fn, "weight.size()", weight.size(), "OC*C", OC * C);
+  hir::nn::detail::check_matmul_backward(fn, dinp.size(), dweight.size(), dbias.size(), dout.size(), inp.size(),
+                                         weight.size(), N, C, OC);
   // (N, C) = (N, OC) · (OC, C)
   if (!dinp.empty())
     detail::nn_gemm<T>(be, fn, false, false, N, C, OC, T(1), dout.data(), OC, 0, weight.data(), C, 0, T(0), dinp.data(),
@@ -529,11 +497,7 @@ template <class T>
 void attention_forward(tag_t const& be, nn_span<T> out, nn_span<T> att, nn_in_span<T> qkv, std::size_t B,
                        std::size_t Tn, std::size_t C, std::size_t H) {
   const char* fn = "nn::attention_forward";
-  if (H == 0 || C % H != 0)
-    hir::detail::fail(fn, "C = ", C, " is not a positive multiple of H = ", H);
-  detail::nn_need(fn, "out.size()", out.size(), "B*T*C", B * Tn * C);
-  detail::nn_need(fn, "att.size()", att.size(), "B*H*T*T", B * H * Tn * Tn);
-  detail::nn_need(fn, "qkv.size()", qkv.size(), "B*T*3C", B * Tn * 3 * C);
+  hir::nn::detail::check_attention_forward(fn, out.size(), att.size(), qkv.size(), B, Tn, C, H);
   if (B * Tn == 0)
     return;
   const std::size_t hs = C / H, C3 = 3 * C, TT = Tn * Tn;
@@ -555,13 +519,8 @@ template <class T>
 void attention_backward(tag_t const& be, nn_span<T> dqkv, nn_span<T> datt, nn_in_span<T> dout, nn_in_span<T> qkv,
                         nn_in_span<T> att, std::size_t B, std::size_t Tn, std::size_t C, std::size_t H) {
   const char* fn = "nn::attention_backward";
-  if (H == 0 || C % H != 0)
-    hir::detail::fail(fn, "C = ", C, " is not a positive multiple of H = ", H);
-  detail::nn_need(fn, "dqkv.size()", dqkv.size(), "B*T*3C", B * Tn * 3 * C);
-  detail::nn_need(fn, "datt.size()", datt.size(), "B*H*T*T", B * H * Tn * Tn);
-  detail::nn_need(fn, "dout.size()", dout.size(), "B*T*C", B * Tn * C);
-  detail::nn_need(fn, "qkv.size()", qkv.size(), "B*T*3C", B * Tn * 3 * C);
-  detail::nn_need(fn, "att.size()", att.size(), "B*H*T*T", B * H * Tn * Tn);
+  hir::nn::detail::check_attention_backward(fn, dqkv.size(), datt.size(), dout.size(), qkv.size(), att.size(), B, Tn, C,
+                                            H);
   if (B * Tn == 0)
     return;
   const std::size_t hs = C / H, C3 = 3 * C, TT = Tn * Tn;
@@ -591,8 +550,8 @@ void attention_backward(tag_t const& be, nn_span<T> dqkv, nn_span<T> datt, nn_in
 template <class T>
 void gelu_forward(tag_t const& be, nn_span<T> out, nn_in_span<T> inp, std::size_t N) {
   const char* fn = "nn::gelu_forward";
-  detail::nn_need(fn, "out.size()", out.size(), "N", N);
-  detail::nn_need(fn, "inp.size()", inp.size(), "N", N);
+  hir::nn::detail::need(fn, "out.size()", out.size(), "N", N);
+  hir::nn::detail::need(fn, "inp.size()", inp.size(), "N", N);
   detail::nn_for_each(be, N, detail::hir_nn_gelu_fwd<T>{out.data(), inp.data()});
 }
 
@@ -601,9 +560,9 @@ void gelu_forward(tag_t const& be, nn_span<T> out, nn_in_span<T> inp, std::size_
 template <class T>
 void gelu_backward(tag_t const& be, nn_span<T> dinp, nn_in_span<T> inp, nn_in_span<T> dout, std::size_t N) {
   const char* fn = "nn::gelu_backward";
-  detail::nn_need(fn, "dinp.size()", dinp.size(), "N", N);
-  detail::nn_need(fn, "inp.size()", inp.size(), "N", N);
-  detail::nn_need(fn, "dout.size()", dout.size(), "N", N);
+  hir::nn::detail::need(fn, "dinp.size()", dinp.size(), "N", N);
+  hir::nn::detail::need(fn, "inp.size()", inp.size(), "N", N);
+  hir::nn::detail::need(fn, "dout.size()", dout.size(), "N", N);
   detail::nn_for_each(be, N, detail::hir_nn_gelu_bwd<T>{dinp.data(), inp.data(), dout.data()});
 }
 
@@ -612,9 +571,9 @@ void gelu_backward(tag_t const& be, nn_span<T> dinp, nn_in_span<T> inp, nn_in_sp
 template <class T>
 void residual_forward(tag_t const& be, nn_span<T> out, nn_in_span<T> a, nn_in_span<T> b, std::size_t N) {
   const char* fn = "nn::residual_forward";
-  detail::nn_need(fn, "out.size()", out.size(), "N", N);
-  detail::nn_need(fn, "a.size()", a.size(), "N", N);
-  detail::nn_need(fn, "b.size()", b.size(), "N", N);
+  hir::nn::detail::need(fn, "out.size()", out.size(), "N", N);
+  hir::nn::detail::need(fn, "a.size()", a.size(), "N", N);
+  hir::nn::detail::need(fn, "b.size()", b.size(), "N", N);
   detail::nn_for_each(be, N, detail::hir_nn_add<T>{out.data(), a.data(), b.data()});
 }
 
@@ -628,11 +587,8 @@ template <class T>
 void logp_entropy_forward(tag_t const& be, nn_span<T> logp, nn_span<T> entropy, nn_span<T> lse, nn_in_span<T> logits,
                           span<const nn::token_t, device_space> targets, std::size_t N, std::size_t V) {
   const char* fn = "nn::logp_entropy_forward";
-  detail::nn_need(fn, "logp.size()", logp.size(), "N", N);
-  detail::nn_need(fn, "entropy.size()", entropy.size(), "N", N);
-  detail::nn_need(fn, "lse.size()", lse.size(), "N", N);
-  detail::nn_need(fn, "logits.size()", logits.size(), "N*V", N * V);
-  detail::nn_need(fn, "targets.size()", targets.size(), "N", N);
+  hir::nn::detail::check_logp_entropy_forward(fn, logp.size(), entropy.size(), lse.size(), logits.size(),
+                                              targets.size(), N, V);
   detail::nn_check_tokens(be, fn, "targets", targets, V, true);
   if (V == 0)
     return;
@@ -650,14 +606,8 @@ void logp_entropy_backward(tag_t const& be, nn_span<T> dlogits, nn_in_span<T> lo
                            nn_in_span<T> entropy, span<const nn::token_t, device_space> targets, nn_in_span<T> dlogp,
                            nn_in_span<T> dentropy, std::size_t N, std::size_t V) {
   const char* fn = "nn::logp_entropy_backward";
-  detail::nn_need(fn, "dlogits.size()", dlogits.size(), "N*V", N * V);
-  detail::nn_need(fn, "logits.size()", logits.size(), "N*V", N * V);
-  detail::nn_need(fn, "lse.size()", lse.size(), "N", N);
-  detail::nn_need(fn, "entropy.size()", entropy.size(), "N", N);
-  detail::nn_need(fn, "targets.size()", targets.size(), "N", N);
-  detail::nn_need(fn, "dlogp.size()", dlogp.size(), "N", N);
-  if (!dentropy.empty())
-    detail::nn_need(fn, "dentropy.size()", dentropy.size(), "N", N);
+  hir::nn::detail::check_logp_entropy_backward(fn, dlogits.size(), logits.size(), lse.size(), entropy.size(),
+                                               targets.size(), dlogp.size(), dentropy.size(), N, V);
   detail::nn_for_each(be, N * V,
                       detail::hir_nn_logp_entropy_bwd<T>{dlogits.data(), logits.data(), lse.data(), entropy.data(),
                                                          targets.data(), dlogp.data(),
