@@ -10,7 +10,8 @@
 // argument-dependent lookup finds them from generic code (model<T, Backend>), and are also declared in hir::nn.
 #pragma once
 
-#include <hir/backend/device/tag.hpp> // first: Thrust's config decides HIR_DEVICE_IS_CUDA
+#include <hir/backend/device/rewards.hpp> // detail::first_index_where
+#include <hir/backend/device/tag.hpp>     // first: Thrust's config decides HIR_DEVICE_IS_CUDA
 
 #include <hir/config.hpp>
 #include <hir/core/error.hpp>
@@ -74,26 +75,6 @@ HIR_HOST_DEVICE inline float hir_nn_tanh(float x) {
 }
 HIR_HOST_DEVICE inline double hir_nn_tanh(double x) {
   return ::tanh(x);
-}
-
-template <class Pred>
-struct hir_nn_index_if {
-  Pred p;
-  HIR_HOST_DEVICE long long operator()(long long i) const {
-    return p(static_cast<std::size_t>(i)) ? i : std::numeric_limits<long long>::max();
-  }
-};
-
-/// Smallest i in [0, n) with pred(i), or -1: one min-reduction, one scalar read back.
-template <class Pred>
-long long nn_first_index_where(tag_t const& be, std::size_t n, Pred pred) {
-  if (n == 0)
-    return -1;
-  const long long r = thrust::transform_reduce(policy(be), thrust::counting_iterator<long long>(0),
-                                               thrust::counting_iterator<long long>(static_cast<long long>(n)),
-                                               hir_nn_index_if<Pred>{pred}, std::numeric_limits<long long>::max(),
-                                               thrust::minimum<long long>());
-  return r == std::numeric_limits<long long>::max() ? -1 : r;
 }
 
 /// Token i outside [0, V) (lo = 0), or a target i at or above V (negative targets allowed).
@@ -365,7 +346,7 @@ struct hir_nn_logp_entropy_bwd { // e over (N, V)
 /// Throws the CPU layer's message for the first token outside [0, V) (targets: at or above V), if any.
 inline void nn_check_tokens(tag_t const& be, const char* fn, const char* name, span<const nn::token_t, device_space> t,
                             std::size_t V, bool targets) {
-  const long long bad = nn_first_index_where(be, t.size(), hir_nn_token_bad{t.data(), V, targets});
+  const long long bad = first_index_where(be, t.size(), hir_nn_token_bad{t.data(), V, targets});
   if (bad < 0)
     return;
   const nn::token_t value = nn_read_scalar(be, t.data() + bad, fn);
