@@ -13,6 +13,15 @@
 #  define HIR_DEVICE
 #endif
 
+/// `__noinline__` in nvcc's device pass only: for per-group / per-row kernels called from Thrust's for_each, whose
+/// CUDA kernel handles several items per thread; inlined into each item's copy (and unswitched on the options), one
+/// such body grew to ~10^5 PTX lines per instantiation and minutes of ptxas. Host code is unaffected.
+#if defined(__CUDA_ARCH__)
+#  define HIR_DEVICE_NOINLINE __noinline__
+#else
+#  define HIR_DEVICE_NOINLINE
+#endif
+
 /// 1 when the device backend is compiled for CUDA (Thrust's device system is CUDA and nvcc compiles), else 0.
 /// Decided from THRUST_DEVICE_SYSTEM, so it is only meaningful once Thrust's config is included (device.hpp does).
 #if defined(THRUST_DEVICE_SYSTEM) && defined(THRUST_DEVICE_SYSTEM_CUDA) && defined(__CUDACC__)

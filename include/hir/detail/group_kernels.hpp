@@ -20,8 +20,9 @@ namespace detail {
 /// Advantages of group g (see group_advantages.hpp). `Ref` is a group_ref of any space; `Contiguous` says that
 /// members are the identity order, so the hot loop has no indirection.
 template <bool Contiguous, class Ref, class T>
-HIR_HOST_DEVICE void group_advantages_one(const T* s, const Ref& groups, std::size_t g, T* out,
-                                          const group_advantage_options& opt, double batch_denominator) {
+HIR_HOST_DEVICE HIR_DEVICE_NOINLINE void group_advantages_one(const T* s, const Ref& groups, std::size_t g, T* out,
+                                                              const group_advantage_options& opt,
+                                                              double batch_denominator) {
   auto at = [&](std::size_t k) { return Contiguous ? k : static_cast<std::size_t>(groups.members[k]); };
   const bool loo = opt.baseline == baseline_kind::leave_one_out;
   const std::size_t b = groups.begin(g), e = groups.end(g), n = e - b;
