@@ -58,6 +58,42 @@ struct lr_schedule {
   }
 };
 
+namespace detail {
+/// Throws hir::invalid_argument naming nn::clip_grad_norm unless max_norm > 0 (both backends' check).
+inline void check_max_norm(double max_norm) {
+  if (!(max_norm > 0.0))
+    hir::detail::fail("nn::clip_grad_norm", "max_norm = ", max_norm, " must be positive");
+}
+
+/// The per-call constants of an AdamW update (bias corrections folded in).
+struct adamw_constants {
+  double step_size;    ///< lr / (1 − β1^step)
+  double inv_sqrt_bc2; ///< 1 / √(1 − β2^step)
+};
+
+/// adamw_update's argument checks (the four spans' sizes against layout.total, step ≥ 1), shared by the CPU and
+/// device overloads, and its constants. \throws hir::invalid_argument naming nn::adamw_update.
+inline adamw_constants adamw_prepare(const parameter_layout& layout, std::size_t params, std::size_t grads,
+                                     std::size_t m, std::size_t v, const adamw_options& opt, std::uint64_t step,
+                                     double lr) {
+  const char* fn = "nn::adamw_update";
+  hir::detail::check_size(fn, "params.size()", params, "layout.total", layout.total);
+  hir::detail::check_size(fn, "grads.size()", grads, "layout.total", layout.total);
+  hir::detail::check_size(fn, "m.size()", m, "layout.total", layout.total);
+  hir::detail::check_size(fn, "v.size()", v, "layout.total", layout.total);
+  if (step == 0)
+    hir::detail::fail(fn, "step must be 1-based (the count including this update), got 0");
+  const double bc1 = 1.0 - std::pow(opt.beta1, static_cast<double>(step));
+  const double bc2 = 1.0 - std::pow(opt.beta2, static_cast<double>(step));
+  return {lr / bc1, 1.0 / std::sqrt(bc2)};
+}
+
+/// The factor tensor t's parameters are multiplied by before the Adam step: 1 − lr·weight_decay where it decays.
+inline double adamw_decay(const adamw_options& opt, const param_tensor& t, double lr) {
+  return (opt.decay_all || t.matrix) ? 1.0 - lr * opt.weight_decay : 1.0;
+}
+} // namespace detail
+
 /// Global L2 norm of `grads` (accumulated in double). \param grads host span, any length.
 template <class T>
 double global_grad_norm(backend::cpu::tag_t const&, span<const T> grads) {
@@ -83,8 +119,7 @@ double global_grad_norm(backend::cpu::tag_t const&, span<const T> grads) {
 /// clipping. \throws hir::invalid_argument unless max_norm > 0.
 template <class T>
 double clip_grad_norm(backend::cpu::tag_t const& be, span<T> grads, double max_norm) {
-  if (!(max_norm > 0.0))
-    hir::detail::fail("nn::clip_grad_norm", "max_norm = ", max_norm, " must be positive");
+  detail::check_max_norm(max_norm);
   const double norm = global_grad_norm(be, span<const T>(grads));
   const double coef = max_norm / (norm + 1e-6);
   if (coef < 1.0) {
@@ -104,20 +139,13 @@ double clip_grad_norm(backend::cpu::tag_t const& be, span<T> grads, double max_n
 template <class T>
 void adamw_update(backend::cpu::tag_t const&, const parameter_layout& layout, span<T> params, span<const T> grads,
                   span<T> m, span<T> v, const adamw_options& opt, std::uint64_t step, double lr) {
-  const char* fn = "nn::adamw_update";
-  hir::detail::check_size(fn, "params.size()", params.size(), "layout.total", layout.total);
-  hir::detail::check_size(fn, "grads.size()", grads.size(), "layout.total", layout.total);
-  hir::detail::check_size(fn, "m.size()", m.size(), "layout.total", layout.total);
-  hir::detail::check_size(fn, "v.size()", v.size(), "layout.total", layout.total);
-  if (step == 0)
-    hir::detail::fail(fn, "step must be 1-based (the count including this update), got 0");
-  const double bc1 = 1.0 - std::pow(opt.beta1, static_cast<double>(step));
-  const double bc2 = 1.0 - std::pow(opt.beta2, static_cast<double>(step));
+  const detail::adamw_constants k =
+      detail::adamw_prepare(layout, params.size(), grads.size(), m.size(), v.size(), opt, step, lr);
   const T b1 = static_cast<T>(opt.beta1), b2 = static_cast<T>(opt.beta2);
-  const T step_size = static_cast<T>(lr / bc1), inv_sqrt_bc2 = static_cast<T>(1.0 / std::sqrt(bc2));
+  const T step_size = static_cast<T>(k.step_size), inv_sqrt_bc2 = static_cast<T>(k.inv_sqrt_bc2);
   const T eps = static_cast<T>(opt.eps);
   for (const param_tensor& t : layout.tensors) {
-    const T decay = static_cast<T>((opt.decay_all || t.matrix) ? 1.0 - lr * opt.weight_decay : 1.0);
+    const T decay = static_cast<T>(detail::adamw_decay(opt, t, lr));
     T* p = params.data() + t.offset;
     const T* g = grads.data() + t.offset;
     T* mm = m.data() + t.offset;

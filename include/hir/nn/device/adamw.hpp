@@ -85,8 +85,7 @@ double global_grad_norm(tag_t const& be, span<const T, device_space> grads) {
 /// the norm before clipping. \throws hir::invalid_argument unless max_norm > 0.
 template <class T>
 double clip_grad_norm(tag_t const& be, span<T, device_space> grads, double max_norm) {
-  if (!(max_norm > 0.0))
-    hir::detail::fail("nn::clip_grad_norm", "max_norm = ", max_norm, " must be positive");
+  nn::detail::check_max_norm(max_norm);
   const double norm = global_grad_norm(be, span<const T, device_space>(grads));
   const double coef = max_norm / (norm + 1e-6);
   if (coef < 1.0)
@@ -102,21 +101,14 @@ template <class T>
 void adamw_update(tag_t const& be, const nn::parameter_layout& layout, span<T, device_space> params,
                   nn_in_span<T> grads, span<T, device_space> m, span<T, device_space> v, const nn::adamw_options& opt,
                   std::uint64_t step, double lr) {
-  const char* fn = "nn::adamw_update";
-  hir::detail::check_size(fn, "params.size()", params.size(), "layout.total", layout.total);
-  hir::detail::check_size(fn, "grads.size()", grads.size(), "layout.total", layout.total);
-  hir::detail::check_size(fn, "m.size()", m.size(), "layout.total", layout.total);
-  hir::detail::check_size(fn, "v.size()", v.size(), "layout.total", layout.total);
-  if (step == 0)
-    hir::detail::fail(fn, "step must be 1-based (the count including this update), got 0");
-  const double bc1 = 1.0 - std::pow(opt.beta1, static_cast<double>(step));
-  const double bc2 = 1.0 - std::pow(opt.beta2, static_cast<double>(step));
+  const nn::detail::adamw_constants k =
+      nn::detail::adamw_prepare(layout, params.size(), grads.size(), m.size(), v.size(), opt, step, lr);
   detail::hir_nn_adamw_element<T> f{};
   for (std::size_t i = 0; i < nn::num_param_tensors; ++i) {
     const nn::param_tensor& t = layout.tensors[i];
     f.offset[i] = t.offset;
     f.size[i] = t.size;
-    f.decay[i] = static_cast<T>((opt.decay_all || t.matrix) ? 1.0 - lr * opt.weight_decay : 1.0);
+    f.decay[i] = static_cast<T>(nn::detail::adamw_decay(opt, t, lr));
   }
   f.p = params.data();
   f.m = m.data();
@@ -124,8 +116,8 @@ void adamw_update(tag_t const& be, const nn::parameter_layout& layout, span<T, d
   f.g = grads.data();
   f.b1 = static_cast<T>(opt.beta1);
   f.b2 = static_cast<T>(opt.beta2);
-  f.step_size = static_cast<T>(lr / bc1);
-  f.inv_sqrt_bc2 = static_cast<T>(1.0 / std::sqrt(bc2));
+  f.step_size = static_cast<T>(k.step_size);
+  f.inv_sqrt_bc2 = static_cast<T>(k.inv_sqrt_bc2);
   f.eps = static_cast<T>(opt.eps);
   detail::nn_for_each(be, layout.total, f);
 }
