@@ -139,6 +139,25 @@ model_run<T> run_model(const model_case<T>& c) {
   return r;
 }
 
+template <class T>
+generation_run<T> generate(const hir::nn::transformer_config& cfg, const vec<T>& params, size_t max_batch,
+                           size_t max_len, const vec<token_t>& prompts, const vec<size_t>& prompt_lengths,
+                           const vec<std::uint64_t>& sequence_ids, size_t B, size_t P,
+                           const hir::nn::generation_options& opt) {
+  hir::nn::model<T> m(cfg, 1, cfg.context);
+  hir::detail::check_size("nn_cpu::generate", "params.size()", params.size(), "parameters", m.parameters().size());
+  std::copy(params.begin(), params.end(), m.parameters().begin());
+  const size_t N = opt.max_new_tokens;
+  generation_run<T> r;
+  r.tokens.assign(B * N, token_t(-99));
+  r.logp.assign(B * N, T(-99));
+  r.entropy.assign(B * N, T(-99));
+  r.lengths.assign(B, size_t(99));
+  hir::nn::generator<T> gen(cfg, max_batch, max_len);
+  gen.generate(m, prompts, prompt_lengths, sequence_ids, B, P, opt, s(r.tokens), s(r.logp), s(r.entropy), s(r.lengths));
+  return r;
+}
+
 #define HIR_NN_CPU_INSTANTIATE(T)                                                                                      \
   template void embedding_forward<T>(vec<T>&, const vec<token_t>&, const vec<T>&, const vec<T>&, size_t, size_t,       \
                                      size_t, size_t);                                                                  \
@@ -163,7 +182,10 @@ model_run<T> run_model(const model_case<T>& c) {
   template double clip_grad_norm<T>(vec<T>&, double);                                                                  \
   template void adamw_update<T>(const hir::nn::parameter_layout&, vec<T>&, const vec<T>&, vec<T>&, vec<T>&,            \
                                 const hir::nn::adamw_options&, std::uint64_t, double);                                 \
-  template model_run<T> run_model<T>(const model_case<T>&);
+  template model_run<T> run_model<T>(const model_case<T>&);                                                            \
+  template generation_run<T> generate<T>(const hir::nn::transformer_config&, const vec<T>&, size_t, size_t,            \
+                                         const vec<token_t>&, const vec<size_t>&, const vec<std::uint64_t>&, size_t,   \
+                                         size_t, const hir::nn::generation_options&);
 
 HIR_NN_CPU_INSTANTIATE(float)
 HIR_NN_CPU_INSTANTIATE(double)

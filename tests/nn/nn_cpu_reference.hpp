@@ -7,6 +7,7 @@
 
 #include <hir/nn/adamw.hpp>
 #include <hir/nn/config.hpp>
+#include <hir/nn/sampling_options.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -95,5 +96,21 @@ struct model_run {
 /// Runs `c` on hir::nn::model<T> (hir::cpu).
 template <class T>
 model_run<T> run_model(const model_case<T>& c);
+
+/// What generator<T>::generate writes: tokens, logp, entropy (B, N) and lengths (B).
+template <class T>
+struct generation_run {
+  vec<token_t> tokens;
+  vec<T> logp, entropy;
+  vec<size_t> lengths;
+};
+
+/// Runs hir::nn::generator<T>(cfg, max_batch, max_len).generate on a CPU model holding `params` (parameter_layout
+/// order) with the prompts (B, P), their lengths and sequence ids (B); outputs sized for B rows of N tokens.
+template <class T>
+generation_run<T> generate(const hir::nn::transformer_config& cfg, const vec<T>& params, size_t max_batch,
+                           size_t max_len, const vec<token_t>& prompts, const vec<size_t>& prompt_lengths,
+                           const vec<std::uint64_t>& sequence_ids, size_t B, size_t P,
+                           const hir::nn::generation_options& opt);
 
 } // namespace hir::test::nn_cpu

@@ -6,8 +6,12 @@
 // the layers' error messages and "nothing written" on bad input; AdamW and clipping; and the whole model — logits,
 // log-probs, entropies, both backward entry points' full gradients, GPT-2 initialization, and five AdamW steps with
 // clipping and a warm-up + cosine schedule from identical parameters and inputs, with a workspace that serves every
-// step after the first without a new allocation. Tolerances are on max|device − CPU| / max|CPU| per tensor and are
-// listed (with the values measured on Thrust's CPP and OMP systems) in docs/transformer.md, "Device backend".
+// step after the first without a new allocation; and generation — hir::nn::device_generator against the CPU
+// generator (option sets, stop token, batch split), its KV cache against full recomputation by the device model, and
+// its errors (the CPU generator's messages, nothing written); and checkpoints of the device model and optimizer (exact
+// round trip in the host format, a corrupted file writes nothing). Tolerances are on max|device − CPU| / max|CPU| per
+// tensor and are listed (with the values measured on Thrust's CPP and OMP systems) in docs/transformer.md, "Device
+// backend".
 #include <hir/nn/device.hpp> // first: Thrust's config decides HIR_DEVICE_IS_CUDA
 
 #include "nn_cpu_reference.hpp"
@@ -20,10 +24,12 @@
 #include <thrust/copy.h>
 #include <thrust/device_ptr.h>
 #include <thrust/device_vector.h>
+#include <thrust/fill.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <map>
 #include <random>
 #include <string>
@@ -608,4 +614,519 @@ TEST_CASE("nn device model: bad input throws before anything runs") {
   // gradients untouched by the failed calls
   const auto grads = hir::to_host(m.gradients());
   CHECK(std::all_of(grads.begin(), grads.end(), [](float x) { return x == 0.f; }));
+}
+
+// ---- generation: hir::nn::device_generator against the CPU generator ----------------------------------------------
+
+namespace {
+
+/// A tiny random generation scenario shared by the device generation tests: parameters giving peaked but varied
+/// next-token distributions, ragged right-padded prompts whose padding holds out-of-range garbage (generate must
+/// never read it), sequence ids far from 0..B−1, B below the generator's max_batch.
+template <class T>
+struct gen_case {
+  hir::nn::transformer_config cfg;
+  std::vector<T> params;
+  std::size_t max_batch = 6, B = 5, P = 6, N = 10, max_len = 16;
+  std::vector<token_t> prompts;
+  std::vector<std::size_t> plen = {6, 1, 3, 6, 2};
+  std::vector<std::uint64_t> ids = {1000003, 17, 4, 99, 123456789012ull};
+};
+
+template <class T>
+gen_case<T> make_gen_case(std::uint64_t salt) {
+  gen_case<T> g;
+  g.cfg.vocab = 23;
+  g.cfg.context = 20;
+  g.cfg.channels = 16;
+  g.cfg.layers = 2;
+  g.cfg.heads = 2;
+  std::mt19937_64 rng(hir::test::seed(salt));
+  const hir::nn::parameter_layout pl(g.cfg);
+  g.params = uniform<T>(rng, pl.total, -0.5, 0.5);
+  for (auto p : {hir::nn::param::ln1_weight, hir::nn::param::ln2_weight, hir::nn::param::lnf_weight})
+    for (std::size_t i = 0; i < pl[p].size; ++i)
+      g.params[pl[p].offset + i] += T(1);
+  g.prompts = hir::test::nn::tokens(rng, g.B * g.P, g.cfg.vocab);
+  for (std::size_t r = 0; r < g.B; ++r)
+    for (std::size_t t = g.plen[r]; t < g.P; ++t)
+      g.prompts[r * g.P + t] = -7; // padding: outside [0, V), never read
+  return g;
+}
+
+/// A device model holding the case's parameters.
+template <class T>
+hir::nn::model<T, device_tag> device_model(const gen_case<T>& g) {
+  hir::nn::model<T, device_tag> m(g.cfg, 1, g.cfg.context);
+  thrust::copy(g.params.begin(), g.params.end(), thrust::device_pointer_cast(m.parameters().data()));
+  return m;
+}
+
+/// device_generator::generate on rows given as host vectors (copied to the device; outputs pre-filled with -99 and
+/// read back).
+template <class T>
+ref::generation_run<T> device_generate(hir::nn::device_generator<T>& gen, const device_tag& be,
+                                       const hir::nn::model<T, device_tag>& m, const std::vector<token_t>& prompts,
+                                       const std::vector<std::size_t>& plen, const std::vector<std::uint64_t>& ids,
+                                       std::size_t B, std::size_t P, const hir::nn::generation_options& opt) {
+  const std::size_t N = opt.max_new_tokens;
+  const dvec<token_t> pr = up(prompts);
+  const dvec<std::size_t> pl = up(plen);
+  const dvec<std::uint64_t> id = up(ids);
+  dvec<token_t> tok(B * N, token_t(-99));
+  dvec<T> lp(B * N, T(-99)), ent(B * N, T(-99));
+  dvec<std::size_t> len(B, 99);
+  gen.generate(be, m, dc(pr), dc(pl), dc(id), B, P, opt, dv(tok), dv(lp), dv(ent), dv(len));
+  return {down(tok), down(lp), down(ent), down(len)};
+}
+
+/// Rows `part` of the case: prompts, lengths and ids.
+template <class T>
+void select_rows(const gen_case<T>& g, const std::vector<std::size_t>& part, std::vector<token_t>& prompts,
+                 std::vector<std::size_t>& plen, std::vector<std::uint64_t>& ids) {
+  prompts.clear();
+  plen.clear();
+  ids.clear();
+  for (std::size_t r : part) {
+    prompts.insert(prompts.end(), g.prompts.begin() + static_cast<std::ptrdiff_t>(r * g.P),
+                   g.prompts.begin() + static_cast<std::ptrdiff_t>((r + 1) * g.P));
+    plen.push_back(g.plen[r]);
+    ids.push_back(g.ids[r]);
+  }
+}
+
+/// Compares a device generation with the CPU generator's, row by row up to the first differing token: before it,
+/// log-probs and entropies within tol·(1 + |cpu|); rows without a differing token must also agree in length. Returns
+/// the number of rows with a differing token; the worst error and that count go to the table printed at exit.
+template <class T>
+std::size_t compare_generation(const ref::generation_run<T>& dev, const ref::generation_run<T>& cpu, std::size_t B,
+                               std::size_t N, double tol) {
+  double worst = 0.0;
+  REQUIRE(dev.tokens.size() == B * N);
+  REQUIRE(cpu.tokens.size() == B * N);
+  std::size_t diverged = 0;
+  for (std::size_t r = 0; r < B; ++r) {
+    bool same = true;
+    for (std::size_t j = 0; j < N && same; ++j) {
+      const std::size_t e = r * N + j;
+      same = dev.tokens[e] == cpu.tokens[e];
+      if (!same)
+        break;
+      INFO("row " << r << " column " << j << ": logp " << dev.logp[e] << " vs " << cpu.logp[e] << ", entropy "
+                  << dev.entropy[e] << " vs " << cpu.entropy[e]);
+      const double el = std::fabs(static_cast<double>(dev.logp[e]) - static_cast<double>(cpu.logp[e])) /
+                        (1.0 + std::fabs(static_cast<double>(cpu.logp[e])));
+      const double eh = std::fabs(static_cast<double>(dev.entropy[e]) - static_cast<double>(cpu.entropy[e])) /
+                        (1.0 + std::fabs(static_cast<double>(cpu.entropy[e])));
+      CHECK(el <= tol);
+      CHECK(eh <= tol);
+      worst = std::max(worst, std::max(el, eh));
+    }
+    if (!same) {
+      ++diverged;
+      continue;
+    }
+    INFO("row " << r);
+    CHECK(dev.lengths[r] == cpu.lengths[r]);
+  }
+  double& w =
+      worst_errors()[std::string("generation logp, entropy vs CPU: |d| / (1 + |cpu|) (") + type_name<T>() + ")"];
+  w = std::max(w, worst);
+  double& d = worst_errors()[std::string("generation rows with a token differing from the CPU's (") + type_name<T>() +
+                             ", not a check)"];
+  d = std::max(d, static_cast<double>(diverged));
+  return diverged;
+}
+
+} // namespace
+
+TEST_CASE_TEMPLATE("nn device generation equals the CPU generator (options, stop token, batch split)", T, float,
+                   double) {
+  // Double: the same tokens and lengths in every row, log-probs and entropies within 1e-12 (another summation
+  // order in the GEMMs and attention). Float: the logits differ from the CPU's by ~1e-6 relative (another GEMM and
+  // attention kernel), so a draw whose uniform number falls within that distance of a CDF step, or a top-k / top-p
+  // cut between two near-equal probabilities, may pick another token, after which the row's continuation differs.
+  // That is rare (≈1e-5 per draw) but not impossible for a random seed: rows are compared up to their first
+  // differing token, and at most one row per option set may differ (none did over the seeds tried).
+  constexpr bool is_double = std::is_same_v<T, double>;
+  const double tol = is_double ? 1e-12 : 1e-4;
+  const std::size_t max_diverged = is_double ? 0 : 1;
+  const gen_case<T> g = make_gen_case<T>(501);
+  const std::size_t B = g.B, N = g.N, P = g.P;
+  hir::device_workspace ws;
+  const device_tag be = hir::device.with(ws);
+  const auto m = device_model(g);
+  hir::nn::device_generator<T> gen(g.cfg, g.max_batch, g.max_len);
+  CHECK(gen.buffer_elements() >= g.cfg.layers * g.max_batch * 2 * g.max_len * g.cfg.channels);
+
+  hir::nn::generation_options base;
+  base.max_new_tokens = N;
+  base.seed = hir::test::seed(502);
+  const auto cpu_of = [&](const hir::nn::generation_options& o) {
+    return ref::generate(g.cfg, g.params, g.max_batch, g.max_len, g.prompts, g.plen, g.ids, B, P, o);
+  };
+  const auto dev_of = [&](const hir::nn::generation_options& o) {
+    return device_generate(gen, be, m, g.prompts, g.plen, g.ids, B, P, o);
+  };
+
+  // Temperature 1, no filter: inversion in vocabulary order.
+  const auto cpu1 = cpu_of(base), dev1 = dev_of(base);
+  const std::size_t allocations_after_first = ws.allocations();
+  CHECK(compare_generation(dev1, cpu1, B, N, tol) <= max_diverged);
+  for (std::size_t r = 0; r < B; ++r)
+    CHECK(cpu1.lengths[r] == N); // no stop token: every row runs to N
+
+  std::vector<hir::nn::generation_options> sets;
+  {
+    auto o = base; // temperature and top-k
+    o.sampling.temperature = 0.7;
+    o.sampling.top_k = 5;
+    sets.push_back(o);
+    o = base; // top-p alone: the whole vocabulary sorted
+    o.sampling.top_p = 0.9;
+    sets.push_back(o);
+    o = base; // both, with a temperature above 1
+    o.sampling.temperature = 1.3;
+    o.sampling.top_k = 8;
+    o.sampling.top_p = 0.8;
+    sets.push_back(o);
+    o = base; // greedy: argmax, logp 0, entropy 0
+    o.sampling.temperature = 0.0;
+    sets.push_back(o);
+    // Stop token: row 0's third token of the unfiltered run ends row 0 at its third token at the latest (the draws
+    // before are the same); padding with a non-zero pad token.
+    o = base;
+    o.stop_token = cpu1.tokens[2];
+    o.pad_token = 5;
+    sets.push_back(o);
+  }
+  for (std::size_t k = 0; k < sets.size(); ++k) {
+    const auto& o = sets[k];
+    CAPTURE(k);
+    const auto cpu = cpu_of(o), dev = dev_of(o);
+    CHECK(compare_generation(dev, cpu, B, N, tol) <= max_diverged);
+    if (o.sampling.temperature == 0.0) {
+      CHECK(std::all_of(dev.logp.begin(), dev.logp.end(), [](T x) { return x == T(0); }));
+      CHECK(std::all_of(dev.entropy.begin(), dev.entropy.end(), [](T x) { return x == T(0); }));
+    }
+    if (o.stop_token >= 0) {
+      CHECK(cpu.lengths[0] <= 3); // the test can fail: a row ends early ...
+      CHECK(dev.lengths[0] <= 3);
+      for (std::size_t r = 0; r < B; ++r) {
+        INFO("row " << r);
+        REQUIRE(dev.lengths[r] >= 1);
+        // ... at its first stop token, exactly where the unstopped run has it, then padding.
+        std::size_t first_stop = N;
+        for (std::size_t j = 0; j < N && first_stop == N; ++j)
+          if (dev1.tokens[r * N + j] == o.stop_token)
+            first_stop = j;
+        CHECK(dev.lengths[r] == std::min(N, first_stop + 1));
+        for (std::size_t j = 0; j < dev.lengths[r]; ++j)
+          CHECK(dev.tokens[r * N + j] == dev1.tokens[r * N + j]);
+        for (std::size_t j = dev.lengths[r]; j < N; ++j) {
+          CHECK(dev.tokens[r * N + j] == o.pad_token);
+          CHECK(dev.logp[r * N + j] == T(0));
+          CHECK(dev.entropy[r * N + j] == T(0));
+        }
+      }
+    }
+  }
+  // The filtered and greedy runs draw differently from the unfiltered one (the options reach the device).
+  CHECK(dev_of(sets[3]).tokens != dev1.tokens);
+
+  // Batch split: the same rows generated in two calls, in another order, draw the same tokens. Rows {0, 3} have
+  // prompts of 6: their first five steps only fill the cache.
+  ref::generation_run<T> split;
+  split.tokens.assign(B * N, -1);
+  split.logp.assign(B * N, T(0));
+  split.entropy.assign(B * N, T(0));
+  split.lengths.assign(B, 0);
+  for (const std::vector<std::size_t>& part : {std::vector<std::size_t>{3, 0}, std::vector<std::size_t>{4, 1, 2}}) {
+    std::vector<token_t> pr;
+    std::vector<std::size_t> pl;
+    std::vector<std::uint64_t> id;
+    select_rows(g, part, pr, pl, id);
+    const auto d = device_generate(gen, be, m, pr, pl, id, part.size(), P, base);
+    for (std::size_t i = 0; i < part.size(); ++i) {
+      std::copy_n(d.tokens.begin() + static_cast<std::ptrdiff_t>(i * N), N,
+                  split.tokens.begin() + static_cast<std::ptrdiff_t>(part[i] * N));
+      std::copy_n(d.logp.begin() + static_cast<std::ptrdiff_t>(i * N), N,
+                  split.logp.begin() + static_cast<std::ptrdiff_t>(part[i] * N));
+      std::copy_n(d.entropy.begin() + static_cast<std::ptrdiff_t>(i * N), N,
+                  split.entropy.begin() + static_cast<std::ptrdiff_t>(part[i] * N));
+      split.lengths[part[i]] = d.lengths[i];
+    }
+  }
+  CHECK(split.tokens == dev1.tokens);
+  CHECK(split.lengths == dev1.lengths);
+  HIR_CHECK_CLOSE(split.logp, dev1.logp, tol, tol);
+  HIR_CHECK_CLOSE(split.entropy, dev1.entropy, tol, tol);
+
+  // After the first call every later one found its temporaries in the workspace.
+  CHECK(ws.allocations() == allocations_after_first);
+}
+
+TEST_CASE_TEMPLATE("nn device generation: the KV cache equals a full recomputation by the device model", T, float,
+                   double) {
+  // At temperature 1 without filtering the sampling policy is softmax(logits): each generated token's log-prob and
+  // entropy must equal the device model's forward over the whole sequence (prompt + generated) at that position.
+  // With a stop token rows finish at different steps, so the live rows are compacted while others continue.
+  const double tol = std::is_same_v<T, double> ? 1e-10 : 1e-4;
+  const gen_case<T> g = make_gen_case<T>(503);
+  const std::size_t B = g.B, N = g.N, P = g.P;
+  const auto m = device_model(g);
+  hir::nn::model<T, device_tag> full(g.cfg, 1, g.cfg.context);
+  thrust::copy(g.params.begin(), g.params.end(), thrust::device_pointer_cast(full.parameters().data()));
+  hir::nn::device_generator<T> gen(g.cfg, g.max_batch, g.max_len);
+  hir::nn::generation_options opt;
+  opt.max_new_tokens = N;
+  opt.seed = hir::test::seed(504);
+  const auto unstopped = device_generate(gen, hir::device, m, g.prompts, g.plen, g.ids, B, P, opt);
+  opt.stop_token = unstopped.tokens[1];
+  const auto stopped = device_generate(gen, hir::device, m, g.prompts, g.plen, g.ids, B, P, opt);
+  CHECK(stopped.lengths[0] <= 2);
+  double worst = 0.0;
+  for (const auto* run : {&unstopped, &stopped}) {
+    for (std::size_t r = 0; r < B; ++r) {
+      const std::size_t len = run->lengths[r];
+      REQUIRE(len >= 1);
+      std::vector<token_t> seq(g.prompts.begin() + static_cast<std::ptrdiff_t>(r * P),
+                               g.prompts.begin() + static_cast<std::ptrdiff_t>(r * P + g.plen[r]));
+      seq.insert(seq.end(), run->tokens.begin() + static_cast<std::ptrdiff_t>(r * N),
+                 run->tokens.begin() + static_cast<std::ptrdiff_t>(r * N + len));
+      std::vector<token_t> tgt(seq.size(), -1);
+      for (std::size_t t = 0; t + 1 < seq.size(); ++t)
+        tgt[t] = seq[t + 1];
+      full.forward(seq, tgt, 1, seq.size());
+      const auto lp = hir::to_host(full.logp()), ent = hir::to_host(full.entropy());
+      for (std::size_t j = 0; j < len; ++j) {
+        const std::size_t t = g.plen[r] - 1 + j;
+        const double a = static_cast<double>(run->logp[r * N + j]), e = static_cast<double>(lp[t]);
+        const double ha = static_cast<double>(run->entropy[r * N + j]), he = static_cast<double>(ent[t]);
+        INFO("row " << r << " token " << j << ": logp " << a << " vs " << e << ", entropy " << ha << " vs " << he);
+        const double err =
+            std::max(std::fabs(a - e) / (1.0 + std::fabs(e)), std::fabs(ha - he) / (1.0 + std::fabs(he)));
+        CHECK(err <= tol);
+        worst = std::max(worst, err);
+      }
+    }
+  }
+  double& w = worst_errors()[std::string("generation logp, entropy vs full recomputation (") + type_name<T>() + ")"];
+  w = std::max(w, worst);
+}
+
+TEST_CASE("nn device generation: bad input throws the CPU generator's message before writing") {
+  using T = float;
+  const gen_case<T> g = make_gen_case<T>(505);
+  const std::size_t B = g.B, N = g.N, P = g.P;
+  const auto m = device_model(g);
+  hir::nn::device_generator<T> gen(g.cfg, g.max_batch, g.max_len);
+  hir::nn::generation_options good;
+  good.max_new_tokens = N;
+  // Outputs hold a sentinel that no failed call may change (sized for the largest call below).
+  const std::size_t cap = (B + 2) * (N + 2);
+  dvec<token_t> tok(cap, token_t(-5));
+  dvec<T> lp(cap, T(-5)), ent(cap, T(-5));
+  dvec<std::size_t> len(B + 2, 55);
+  const auto untouched = [&] {
+    const auto t = down(tok);
+    const auto l = down(len);
+    const auto a = down(lp), e = down(ent);
+    return std::all_of(t.begin(), t.end(), [](token_t x) { return x == -5; }) &&
+           std::all_of(a.begin(), a.end(), [](T x) { return x == T(-5); }) &&
+           std::all_of(e.begin(), e.end(), [](T x) { return x == T(-5); }) &&
+           std::all_of(l.begin(), l.end(), [](std::size_t x) { return x == 55; });
+  };
+  struct call {
+    std::vector<token_t> prompts;
+    std::vector<std::size_t> plen;
+    std::vector<std::uint64_t> ids;
+    std::size_t B, P;
+    hir::nn::generation_options opt;
+    std::size_t out_tokens, out_logp, out_entropy, out_lengths; // output sizes (0: B·N, B·N, B·N, B)
+  };
+  const auto dev_what = [&](const call& c, const hir::nn::model<T, device_tag>& model) {
+    const std::size_t n = c.B * c.opt.max_new_tokens;
+    const dvec<token_t> pr = up(c.prompts);
+    const dvec<std::size_t> pl = up(c.plen);
+    const dvec<std::uint64_t> id = up(c.ids);
+    return hir::test::what_of([&] {
+      gen.generate(hir::device, model, dc(pr), dc(pl), dc(id), c.B, c.P, c.opt,
+                   dv(tok).subspan(0, c.out_tokens ? c.out_tokens : n), dv(lp).subspan(0, c.out_logp ? c.out_logp : n),
+                   dv(ent).subspan(0, c.out_entropy ? c.out_entropy : n),
+                   dv(len).subspan(0, c.out_lengths ? c.out_lengths : c.B));
+    });
+  };
+  const auto cpu_what = [&](const call& c) {
+    std::string w = hir::test::what_of(
+        [&] { ref::generate(g.cfg, g.params, g.max_batch, g.max_len, c.prompts, c.plen, c.ids, c.B, c.P, c.opt); });
+    const std::string from = "hir::nn::generator::generate", to = "hir::nn::device_generator::generate";
+    if (w.compare(0, from.size(), from) == 0)
+      w.replace(0, from.size(), to);
+    return w;
+  };
+  const call ok{g.prompts, g.plen, g.ids, B, P, good, 0, 0, 0, 0};
+  std::vector<std::pair<const char*, call>> cases;
+  const auto add = [&](const char* name, const auto& edit) {
+    call c = ok;
+    edit(c);
+    cases.emplace_back(name, c);
+  };
+  add("temperature < 0", [](call& c) { c.opt.sampling.temperature = -1.0; });
+  add("temperature NaN", [](call& c) { c.opt.sampling.temperature = std::nan(""); });
+  add("top_p = 0", [](call& c) { c.opt.sampling.top_p = 0.0; });
+  add("top_p > 1", [](call& c) { c.opt.sampling.top_p = 1.5; });
+  add("B = 0", [](call& c) { c.B = 0; });
+  add("B > max_batch", [](call& c) { c.B = 7; });
+  add("N = 0", [](call& c) { c.opt.max_new_tokens = 0; });
+  add("prompts.size()", [](call& c) { c.P = 5; });
+  add("prompt_lengths.size()", [](call& c) { c.plen.pop_back(); });
+  add("sequence_ids.size()", [](call& c) { c.ids.push_back(3); });
+  add("prompt length 0", [](call& c) { c.plen[2] = 0; });
+  add("prompt length > P", [](call& c) { c.plen[2] = 7; });
+  add("prompt length + N > max_len", [](call& c) { c.opt.max_new_tokens = 11; }); // rows 0 and 3: 6 + 11 > 16
+  add("prompt token = V", [](call& c) { c.prompts[1 * c.P + 0] = 23; });
+  add("prompt token < 0", [](call& c) { c.prompts[2 * c.P + 2] = -1; });
+  add("bad token in row 1 before a bad length in row 3", [](call& c) {
+    c.prompts[2 * c.P + 1] = 40;
+    c.plen[3] = 0;
+  });
+  add("bad length in row 1 before a bad token in row 3", [](call& c) {
+    c.plen[1] = 0;
+    c.prompts[3 * c.P + 4] = 23;
+  });
+  for (const auto& item : cases) {
+    const call& c = item.second;
+    INFO(item.first); // (not a structured binding: INFO captures it, which nvcc flags before C++20)
+    const std::string dev = dev_what(c, m), cpu = cpu_what(c);
+    CHECK(dev.rfind("hir::nn::device_generator::generate: ", 0) == 0);
+    CHECK(dev == cpu);
+    CHECK(untouched());
+  }
+  // The messages name the values.
+  CHECK(dev_what(cases[13].second, m) == "hir::nn::device_generator::generate: prompts[6] = 23 is outside [0, V = 23)");
+  CHECK(dev_what(cases[10].second, m) ==
+        "hir::nn::device_generator::generate: prompt_lengths[2] = 0 must be in [1, P = 6] and prompt length + "
+        "max_new_tokens must not exceed max_len = 16");
+  CHECK(dev_what(cases[15].second, m).find("prompts[13] = 40") != std::string::npos);
+  CHECK(dev_what(cases[16].second, m).find("prompt_lengths[1] = 0") != std::string::npos);
+
+  // Device-only checks: output sizes, a model of another shape.
+  const std::vector<std::pair<call, const char*>> sized = {
+      {call{g.prompts, g.plen, g.ids, B, P, good, B * N - 1, 0, 0, 0},
+       "out_tokens.size() = 49 does not match B*N = 50"},
+      {call{g.prompts, g.plen, g.ids, B, P, good, 0, B * N + 1, 0, 0}, "out_logp.size() = 51 does not match B*N = 50"},
+      {call{g.prompts, g.plen, g.ids, B, P, good, 0, 0, 1, 0}, "out_entropy.size() = 1 does not match B*N = 50"},
+      {call{g.prompts, g.plen, g.ids, B, P, good, 0, 0, 0, B + 1}, "out_lengths.size() = 6 does not match B = 5"}};
+  for (const auto& item : sized) {
+    INFO(item.second);
+    CHECK(dev_what(item.first, m) == std::string("hir::nn::device_generator::generate: ") + item.second);
+    CHECK(untouched());
+  }
+  auto other_cfg = g.cfg;
+  other_cfg.vocab += 1;
+  const hir::nn::model<T, device_tag> other(other_cfg, 1, other_cfg.context);
+  CHECK(dev_what(ok, other) ==
+        "hir::nn::device_generator::generate: the model's config does not match the generator's");
+  CHECK(untouched());
+
+  // Constructor limits.
+  CHECK(hir::test::what_of([&] { hir::nn::device_generator<T>(g.cfg, 2, g.cfg.context + 1); }) ==
+        "hir::nn::device_generator: need 0 < max_batch and 0 < max_len <= context = 20, got max_batch = 2, "
+        "max_len = 21");
+  CHECK(hir::test::what_of([&] { hir::nn::device_generator<T>(g.cfg, 0, 4); }).find("max_batch = 0") !=
+        std::string::npos);
+
+  // The valid call goes through (the padding's out-of-range garbage is never read) and writes every output.
+  CHECK(dev_what(ok, m).empty());
+  const auto l = down(len);
+  for (std::size_t r = 0; r < B; ++r)
+    CHECK(l[r] == N);
+}
+
+TEST_CASE_TEMPLATE("nn device checkpoints: exact round trip in the host format; a bad file writes nothing", T, float,
+                   double) {
+  using model_t = hir::nn::model<T, device_tag>;
+  using opt_t = hir::nn::adamw_state<T, device_tag>;
+  const std::uint64_t seed = hir::test::seed();
+  INFO("seed = " << seed);
+  std::mt19937_64 rng(seed);
+  hir::nn::transformer_config cfg;
+  cfg.vocab = 13;
+  cfg.context = 6;
+  cfg.channels = 8;
+  cfg.layers = 2;
+  cfg.heads = 2;
+  model_t m(cfg, 2);
+  m.init_parameters(seed);
+  opt_t opt(m.params_layout());
+  const std::size_t n = m.params_layout().total;
+  const std::vector<T> m1 = uniform<T>(rng, n), v1 = uniform<T>(rng, n, 0.0, 1.0);
+  thrust::copy(m1.begin(), m1.end(), thrust::device_pointer_cast(opt.m().data()));
+  thrust::copy(v1.begin(), v1.end(), thrust::device_pointer_cast(opt.v().data()));
+  opt.set_step(7);
+  hir::nn::checkpoint_state st;
+  st.step = 11;
+  st.rng_seed = seed;
+  st.rng_counter = 5;
+  st.blobs.push_back({"trainer", {1, 2, 3}});
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("hir_nn_device_ckpt_" + std::string(type_name<T>()) + "_" + std::to_string(seed) + ".bin"))
+                               .string();
+  hir::nn::save_checkpoint(path, m, opt, st);
+  const std::vector<T> p1 = hir::to_host(m.parameters());
+
+  // Into a fresh device model and optimizer: every element and the state back exactly.
+  model_t m2(cfg, 1);
+  opt_t opt2(m2.params_layout());
+  const hir::nn::checkpoint_state got = hir::nn::load_checkpoint(path, m2, opt2);
+  CHECK(hir::to_host(m2.parameters()) == p1);
+  CHECK(hir::to_host(opt2.m()) == m1);
+  CHECK(hir::to_host(opt2.v()) == v1);
+  CHECK(opt2.step() == 7);
+  CHECK(got.step == 11);
+  CHECK(got.rng_seed == seed);
+  CHECK(got.rng_counter == 5);
+  REQUIRE(got.blobs.size() == 1);
+  CHECK(got.blobs[0].name == "trainer");
+  CHECK(got.blobs[0].data == std::vector<unsigned char>{1, 2, 3});
+
+  // The host format: the span-level loader (the CPU model's path) reads the same values.
+  std::vector<T> hp(n), hm(n), hv(n);
+  const hir::nn::checkpoint_state hs = hir::nn::load_checkpoint<T>(
+      path, m.params_layout(), hir::span<T>(hp.data(), n), hir::span<T>(hm.data(), n), hir::span<T>(hv.data(), n));
+  CHECK(hp == p1);
+  CHECK(hm == m1);
+  CHECK(hv == v1);
+  CHECK(hs.adamw_step == 7);
+
+  // One flipped byte in the parameters: a checksum error, and the device buffers keep their values.
+  {
+    std::FILE* f = std::fopen(path.c_str(), "r+b");
+    REQUIRE(f != nullptr);
+    REQUIRE(std::fseek(f, 200, SEEK_SET) == 0);
+    const int c = std::fgetc(f);
+    REQUIRE(std::fseek(f, 200, SEEK_SET) == 0);
+    std::fputc(c ^ 0x10, f);
+    std::fclose(f);
+  }
+  model_t m3(cfg, 1);
+  opt_t opt3(m3.params_layout());
+  thrust::fill(thrust::device_pointer_cast(m3.parameters().data()),
+               thrust::device_pointer_cast(m3.parameters().data()) + n, T(7));
+  CHECK_THROWS_WITH_AS(hir::nn::load_checkpoint(path, m3, opt3), doctest::Contains("checksum mismatch"),
+                       hir::nn::checkpoint_error);
+  const std::vector<T> p3 = hir::to_host(m3.parameters());
+  CHECK(std::all_of(p3.begin(), p3.end(), [](T x) { return x == T(7); }));
+  CHECK(opt3.step() == 0);
+
+  // An optimizer for another config: a clear error before any I/O.
+  hir::nn::transformer_config other = cfg;
+  other.layers = 1;
+  opt_t wrong{hir::nn::parameter_layout(other)};
+  CHECK_THROWS_WITH_AS(hir::nn::load_checkpoint(path, m3, wrong), doctest::Contains("nn::load_checkpoint"),
+                       hir::invalid_argument);
+  CHECK_THROWS_WITH_AS(hir::nn::save_checkpoint(path, m3, wrong, st), doctest::Contains("nn::save_checkpoint"),
+                       hir::invalid_argument);
+  std::remove(path.c_str());
 }

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 // Umbrella header of the reference transformer on the device backend: the device layers, the generic model
-// (hir::nn::model<T, hir::backend::device::tag_t>), AdamW and gradient clipping on device spans, with the config and
-// layouts. Never includes Eigen, so it compiles with nvcc; link hir::device (and, on CUDA, cuBLAS: hir::nn_cuda).
-// <hir/nn.hpp> includes it when the device backend is linked (HIR_WITH_DEVICE). Sampling and checkpoints are CPU-only
-// so far (copy the parameters to the host with hir::to_host to save them).
+// (hir::nn::model<T, hir::backend::device::tag_t>), AdamW and gradient clipping on device spans, batched generation
+// with a KV cache (hir::nn::device_generator), with the config and layouts. Never includes Eigen, so it compiles with
+// nvcc; link hir::device (and, on CUDA, cuBLAS: hir::nn_cuda). <hir/nn.hpp> includes it when the device backend is
+// linked (HIR_WITH_DEVICE). Checkpoints of the device model and optimizer use the CPU's file format
+// (nn/device/checkpoint.hpp).
 #pragma once
 
 #include <hir/backend/device/tag.hpp> // first: Thrust's config decides HIR_DEVICE_IS_CUDA
@@ -14,7 +15,9 @@
 #include <hir/nn/adamw.hpp>
 #include <hir/nn/config.hpp>
 #include <hir/nn/device/adamw.hpp>
+#include <hir/nn/device/checkpoint.hpp>
 #include <hir/nn/device/gemm.hpp>
 #include <hir/nn/device/layers.hpp>
 #include <hir/nn/device/model_ops.hpp>
+#include <hir/nn/device/sampling.hpp>
 #include <hir/nn/model.hpp>

@@ -17,6 +17,7 @@
 #include <hir/nn/config.hpp>
 #include <hir/nn/layers.hpp>
 #include <hir/nn/model.hpp>
+#include <hir/nn/sampling_options.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -33,31 +34,21 @@
 
 namespace hir::nn {
 
-/// How a token is drawn from a logits row.
-struct sampling_options {
-  double temperature = 1.0; ///< logits are divided by it; 0 = greedy (argmax, lowest index on ties)
-  std::size_t top_k = 0;    ///< keep the k most likely tokens (0 = all)
-  double top_p = 1.0;       ///< then keep the smallest most-likely prefix with probability ≥ top_p (1 = all)
-
-  /// Throws hir::invalid_argument naming fn unless temperature ≥ 0 and 0 < top_p ≤ 1.
-  void validate(const char* fn) const {
-    if (!(temperature >= 0.0) || !std::isfinite(temperature))
-      hir::detail::fail(fn, "temperature = ", temperature, " must be finite and >= 0");
-    if (!(top_p > 0.0 && top_p <= 1.0))
-      hir::detail::fail(fn, "top_p = ", top_p, " must be in (0, 1]");
+namespace detail {
+/// sample_row's sort step on the CPU: std::partial_sort by more_likely, O(V log k) (the same first k tokens, in the
+/// same order, as the device's selection, the order being strict and total).
+struct partial_sort_first_k {
+  template <class T>
+  void operator()(const T* logits, token_t* order, std::size_t V, std::size_t k) const {
+    std::partial_sort(order, order + k, order + V,
+                      [logits](token_t a, token_t b) { return more_likely(logits, a, b); });
   }
 };
-
-/// A drawn token with its log-probability and the entropy of the distribution it was drawn from (the sampling
-/// policy: after temperature, top-k and top-p; greedy draws have logp 0 and entropy 0).
-struct sampled_token {
-  token_t token = 0;
-  double logp = 0.0;
-  double entropy = 0.0;
-};
+} // namespace detail
 
 /// Draws a token from `logits` (V) with uniform number u ∈ [0, 1) by inversion of the sampling policy's CDF
-/// (vocabulary order without top-k/top-p; most-likely-first order with them). `probs` (V) and `order` (V) are scratch.
+/// (vocabulary order without top-k/top-p; most-likely-first order with them; detail::sample_row, shared with the
+/// device generator). `probs` (V) and `order` (V) are scratch.
 /// \throws hir::invalid_argument on sizes, bad options or u outside [0, 1).
 template <class T>
 sampled_token sample_token(backend::cpu::tag_t const&, span<const T> logits, const sampling_options& opt, double u,
@@ -71,79 +62,7 @@ sampled_token sample_token(backend::cpu::tag_t const&, span<const T> logits, con
   hir::detail::check_size(fn, "order.size()", order.size(), "logits.size()", V);
   if (!(u >= 0.0 && u < 1.0))
     hir::detail::fail(fn, "u = ", u, " must be in [0, 1)");
-  std::size_t best = 0;
-  for (std::size_t v = 1; v < V; ++v)
-    if (logits[v] > logits[best])
-      best = v;
-  if (opt.temperature == 0.0)
-    return {static_cast<token_t>(best), 0.0, 0.0};
-  const double inv_t = 1.0 / opt.temperature, m = static_cast<double>(logits[best]) * inv_t;
-  const bool filter = (opt.top_k != 0 && opt.top_k < V) || opt.top_p < 1.0;
-  if (!filter) {
-    // probs = exp(z/T − m), inversion in vocabulary order.
-    double s = 0.0, sz = 0.0;
-    for (std::size_t v = 0; v < V; ++v) {
-      const double x = static_cast<double>(logits[v]) * inv_t - m;
-      probs[v] = std::exp(x);
-      s += probs[v];
-      sz += probs[v] * x;
-    }
-    const double target = u * s;
-    double cum = 0.0;
-    std::size_t pick = best;
-    for (std::size_t v = 0; v < V; ++v) {
-      cum += probs[v];
-      if (target < cum && probs[v] > 0.0) {
-        pick = v;
-        break;
-      }
-    }
-    const double log_s = std::log(s);
-    return {static_cast<token_t>(pick), static_cast<double>(logits[pick]) * inv_t - m - log_s, log_s - sz / s};
-  }
-  // Most likely first (ties: lower index first), keep k, then the top-p prefix.
-  for (std::size_t v = 0; v < V; ++v)
-    order[v] = static_cast<token_t>(v);
-  const std::size_t k = (opt.top_k != 0 && opt.top_k < V) ? opt.top_k : V;
-  const auto more_likely = [&](token_t a, token_t b) {
-    return logits[static_cast<std::size_t>(a)] > logits[static_cast<std::size_t>(b)] ||
-           (logits[static_cast<std::size_t>(a)] == logits[static_cast<std::size_t>(b)] && a < b);
-  };
-  std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k), order.end(), more_likely);
-  double sk = 0.0;
-  for (std::size_t i = 0; i < k; ++i) {
-    probs[i] = std::exp(static_cast<double>(logits[static_cast<std::size_t>(order[i])]) * inv_t - m);
-    sk += probs[i];
-  }
-  std::size_t n = k;
-  if (opt.top_p < 1.0) {
-    double cum = 0.0;
-    for (std::size_t i = 0; i < k; ++i) {
-      cum += probs[i];
-      if (cum >= opt.top_p * sk) {
-        n = i + 1;
-        break;
-      }
-    }
-  }
-  double s = 0.0, sz = 0.0;
-  for (std::size_t i = 0; i < n; ++i) {
-    s += probs[i];
-    sz += probs[i] * std::log(probs[i]);
-  }
-  const double target = u * s;
-  double cum = 0.0;
-  std::size_t pick = 0;
-  for (std::size_t i = 0; i < n; ++i) {
-    cum += probs[i];
-    if (target < cum) {
-      pick = i;
-      break;
-    }
-    pick = i;
-  }
-  const double log_s = std::log(s);
-  return {order[pick], std::log(probs[pick]) - log_s, log_s - sz / s};
+  return detail::sample_row(logits.data(), V, opt, u, probs.data(), order.data(), detail::partial_sort_first_k{});
 }
 
 namespace detail {
@@ -341,15 +260,6 @@ void kv_attend(const T* q, const T* kt, const T* vc, std::size_t hs, std::size_t
   kv_attend_generic(q, kt, vc, hs, ldk, ldv, s, scale, sc, y);
 }
 } // namespace detail
-
-/// Options of a generate() call.
-struct generation_options {
-  sampling_options sampling;       ///< temperature, top-k, top-p
-  std::size_t max_new_tokens = 20; ///< N, tokens generated per row at most
-  token_t stop_token = -1;         ///< a row ends after emitting it (kept in the output); negative: none
-  token_t pad_token = 0;           ///< written to out_tokens after a row's end
-  std::uint64_t seed = 0;          ///< philox key; draw for position p of sequence s uses uniform(stream s, counter p)
-};
 
 /// Batched autoregressive generation with a KV cache, for up to max_batch rows of up to max_len positions
 /// (prompt + generated). All buffers are allocated at construction; generate() allocates nothing.

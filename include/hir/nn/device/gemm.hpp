@@ -177,19 +177,27 @@ void nn_copy_to_device(tag_t const& be, T* dst, const T* src, std::size_t n, con
 #endif
 }
 
-/// Reads one value from device memory after the work queued on the tag's stream (synchronizes that stream).
+/// Copies n device values to host memory after the work queued on the tag's stream (synchronizes that stream).
 template <class T>
-T nn_read_scalar(tag_t const& be, const T* src, const char* fn) {
-  T v{};
+void nn_copy_to_host(tag_t const& be, T* dst, const T* src, std::size_t n, const char* fn) {
+  if (n == 0)
+    return;
 #if HIR_DEVICE_IS_CUDA
-  nn_cuda_check(cudaMemcpyAsync(&v, src, sizeof(T), cudaMemcpyDeviceToHost, be.stream), fn,
+  nn_cuda_check(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyDeviceToHost, be.stream), fn,
                 "cudaMemcpyAsync (device to host)");
   nn_cuda_check(cudaStreamSynchronize(be.stream), fn, "cudaStreamSynchronize");
 #else
   (void)be;
   (void)fn;
-  thrust::copy(thrust::device_pointer_cast(src), thrust::device_pointer_cast(src) + 1, &v);
+  thrust::copy(thrust::device_pointer_cast(src), thrust::device_pointer_cast(src) + n, dst);
 #endif
+}
+
+/// Reads one value from device memory after the work queued on the tag's stream (synchronizes that stream).
+template <class T>
+T nn_read_scalar(tag_t const& be, const T* src, const char* fn) {
+  T v{};
+  nn_copy_to_host(be, &v, src, 1, fn);
   return v;
 }
 
