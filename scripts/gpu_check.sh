@@ -8,7 +8,7 @@
 #      device-to-device copy bandwidth at the same N measured in the same run, with the issue's targets:
 #      REINFORCE++ and the policy loss >= 70% of the copy at 1.6e7 elements, top-K over 1e6 candidates < 1 ms;
 #      and the device transformer's training step (bench_nn_device_cuda: V96 ctx128 C128 L4 H4, batch 32 x 128)
-#      in tokens/s.
+#      in tokens/s and its generation (256 rows x 64 new tokens, KV cache) in new tokens/s.
 # Output goes to stdout and, when $OUT is set, to $OUT/gpu_report.txt (record it in docs/performance.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +46,7 @@ python3 - "$dir" <<'PY'
 # H200: REINFORCE++ and the policy loss (forward + backward) >= 70% of the copy at N = 1.6e7, top-K selection over
 # 1e6 candidates under 1 ms. Benchmarks without the best_* counters (bench_advantages_cuda) use the mean.
 import glob, json, re, sys
-rows, copy, targets, train = [], {}, [], []
+rows, copy, targets, train, generate = [], {}, [], [], []
 for path in sorted(glob.glob(sys.argv[1] + "/*.json")):
     try:
         data = json.load(open(path))
@@ -63,6 +63,8 @@ for path in sorted(glob.glob(sys.argv[1] + "/*.json")):
         best_ms = b.get("best_ms")
         if name.startswith("BM_DeviceCopy") and n:
             copy[n] = gbps
+        if name.startswith("BM_DeviceGenerate") and "new_tokens_per_s" in b:
+            generate.append((name, b["new_tokens_per_s"], best_ms, b.get("label", "")))
         if name.startswith("BM_DeviceTrainStep") and "tokens_per_s" in b:
             train.append((name, b["tokens_per_s"], best_ms, b.get("GFLOP_per_s", 0.0), b.get("label", "")))
         mean_ms = b["real_time"] * {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b.get("time_unit", "ns")]
@@ -98,6 +100,12 @@ if train:
         print(f"  {name:44s} {tps:12,.0f} {bm:>9s} {gf:9.1f}  {label}")
 else:
     print("\nno device training-step benchmark ran (bench_nn_device_cuda missing or no GPU)")
+if generate:
+    print("\nDevice generation (device_generator, 16-token prompts + 64 new tokens per row, KV cache), fastest call:")
+    print(f"  {'benchmark':44s} {'new tokens/s':>12s} {'best ms':>9s}  GEMM")
+    for name, tps, best_ms, label in generate:
+        bm = f"{best_ms:9.3f}" if best_ms is not None else ""
+        print(f"  {name:44s} {tps:12,.0f} {bm:>9s}  {label}")
 PY
 echo "gpu check: $([ $status -eq 0 ] && echo passed || echo FAILED)"
 exit $status
