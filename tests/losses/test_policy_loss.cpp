@@ -14,6 +14,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -635,7 +636,11 @@ TEST_CASE_TEMPLATE("policy_loss: bad input throws before writing", Bk, HIR_TEST_
   std::mt19937_64 rng(hir::test::seed(15));
   hir::policy_loss_options o;
   o.kl = kl_estimator::k3, o.kl_coef = 0.1;
-  const auto good = random_batch<float>(rng, 3, 8, true, o, 0.5, 1e-4);
+  auto good = random_batch<float>(rng, 3, 8, true, o, 0.5, 1e-4);
+  if (std::find(good.mask.begin(), good.mask.end(), 1) == good.mask.end()) { // ≈ 1 % of seeds: every row empty
+    good.mask[0] = 1; // the cases below need a valid token to poison
+    good.logp[0] = -2.0f, good.old_logp[0] = -2.1f, good.ref_logp[0] = -1.9f, good.adv[0] = 0.5f;
+  }
   auto expect_throw = [&](const test_batch<float>& tb, const hir::policy_loss_options& opt, const std::string& needle) {
     CAPTURE(needle);
     std::string what;
