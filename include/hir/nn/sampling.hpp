@@ -269,10 +269,7 @@ public:
   /// \throws hir::invalid_argument if max_len exceeds the context or a size is zero.
   generator(const transformer_config& cfg, std::size_t max_batch, std::size_t max_len)
       : cfg_(cfg), max_batch_(max_batch), max_len_(max_len) {
-    cfg.validate("nn::generator");
-    if (max_batch == 0 || max_len == 0 || max_len > cfg.context)
-      hir::detail::fail("nn::generator", "need 0 < max_batch and 0 < max_len <= context = ", cfg.context,
-                        ", got max_batch = ", max_batch, ", max_len = ", max_len);
+    detail::check_generator_shape("nn::generator", cfg, max_batch, max_len);
     const std::size_t B = max_batch, C = cfg.channels, V = cfg.vocab, S = padded_len();
     std::size_t sizes[n_buffers] = {};
     sizes[kv_] = cfg.layers * B * 2 * C * S; // per (layer, row): key tiles, then value rows (see attend)
@@ -318,29 +315,17 @@ public:
                 span<token_t> out_tokens, span<T> out_logp, span<T> out_entropy, span<std::size_t> out_lengths) {
     const char* fn = "nn::generator::generate";
     const std::size_t N = opt.max_new_tokens, V = cfg_.vocab;
-    if (m.config() != cfg_)
-      hir::detail::fail(fn, "the model's config does not match the generator's");
-    opt.sampling.validate(fn);
-    if (B == 0 || B > max_batch_)
-      hir::detail::fail(fn, "B = ", B, " must be in [1, max_batch = ", max_batch_, "]");
-    if (N == 0)
-      hir::detail::fail(fn, "max_new_tokens must be positive");
-    hir::detail::check_size(fn, "prompts.size()", prompts.size(), "B*P", B * P);
-    hir::detail::check_size(fn, "prompt_lengths.size()", prompt_lengths.size(), "B", B);
-    hir::detail::check_size(fn, "sequence_ids.size()", sequence_ids.size(), "B", B);
-    hir::detail::check_size(fn, "out_tokens.size()", out_tokens.size(), "B*N", B * N);
-    hir::detail::check_size(fn, "out_logp.size()", out_logp.size(), "B*N", B * N);
-    hir::detail::check_size(fn, "out_entropy.size()", out_entropy.size(), "B*N", B * N);
-    hir::detail::check_size(fn, "out_lengths.size()", out_lengths.size(), "B", B);
+    detail::check_generation_call(fn, m.config() == cfg_, opt, B, max_batch_, P,
+                                  {prompts.size(), prompt_lengths.size(), sequence_ids.size(), out_tokens.size(),
+                                   out_logp.size(), out_entropy.size(), out_lengths.size()});
     for (std::size_t r = 0; r < B; ++r) {
       const std::size_t pl = prompt_lengths[r];
       if (pl == 0 || pl > P || pl + N > max_len_)
-        hir::detail::fail(fn, "prompt_lengths[", r, "] = ", pl, " must be in [1, P = ", P,
-                          "] and prompt length + max_new_tokens must not exceed max_len = ", max_len_);
+        detail::fail_prompt_length(fn, r, pl, P, max_len_);
       for (std::size_t t = 0; t < pl; ++t) {
         const token_t x = prompts[r * P + t];
         if (x < 0 || static_cast<std::size_t>(x) >= V)
-          hir::detail::fail(fn, "prompts[", r * P + t, "] = ", x, " is outside [0, V = ", V, ")");
+          detail::fail_prompt_token(fn, r * P + t, x, V);
       }
     }
     std::fill(out_tokens.begin(), out_tokens.end(), opt.pad_token);

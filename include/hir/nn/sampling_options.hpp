@@ -49,6 +49,53 @@ struct generation_options {
 
 namespace detail {
 
+/// The generators' constructor checks (fn names the class): a valid config, 0 < max_batch, 0 < max_len ≤ context.
+inline void check_generator_shape(const char* fn, const transformer_config& cfg, std::size_t max_batch,
+                                  std::size_t max_len) {
+  cfg.validate(fn);
+  if (max_batch == 0 || max_len == 0 || max_len > cfg.context)
+    hir::detail::fail(fn, "need 0 < max_batch and 0 < max_len <= context = ", cfg.context,
+                      ", got max_batch = ", max_batch, ", max_len = ", max_len);
+}
+
+/// The sizes of one generate() call's arguments.
+struct generation_call_sizes {
+  std::size_t prompts, prompt_lengths, sequence_ids, out_tokens, out_logp, out_entropy, out_lengths;
+};
+
+/// generate()'s checks that read no data, in both generators' order: the model's config, the options, B in
+/// [1, max_batch], N > 0, then every size. \throws hir::invalid_argument naming fn.
+inline void check_generation_call(const char* fn, bool config_matches, const generation_options& opt, std::size_t B,
+                                  std::size_t max_batch, std::size_t P, const generation_call_sizes& n) {
+  const std::size_t N = opt.max_new_tokens;
+  if (!config_matches)
+    hir::detail::fail(fn, "the model's config does not match the generator's");
+  opt.sampling.validate(fn);
+  if (B == 0 || B > max_batch)
+    hir::detail::fail(fn, "B = ", B, " must be in [1, max_batch = ", max_batch, "]");
+  if (N == 0)
+    hir::detail::fail(fn, "max_new_tokens must be positive");
+  hir::detail::check_size(fn, "prompts.size()", n.prompts, "B*P", B * P);
+  hir::detail::check_size(fn, "prompt_lengths.size()", n.prompt_lengths, "B", B);
+  hir::detail::check_size(fn, "sequence_ids.size()", n.sequence_ids, "B", B);
+  hir::detail::check_size(fn, "out_tokens.size()", n.out_tokens, "B*N", B * N);
+  hir::detail::check_size(fn, "out_logp.size()", n.out_logp, "B*N", B * N);
+  hir::detail::check_size(fn, "out_entropy.size()", n.out_entropy, "B*N", B * N);
+  hir::detail::check_size(fn, "out_lengths.size()", n.out_lengths, "B", B);
+}
+
+/// Throws the generators' error for row r's prompt length pl (outside [1, P], or pl + N > max_len).
+[[noreturn]] inline void fail_prompt_length(const char* fn, std::size_t r, std::size_t pl, std::size_t P,
+                                            std::size_t max_len) {
+  hir::detail::fail(fn, "prompt_lengths[", r, "] = ", pl, " must be in [1, P = ", P,
+                    "] and prompt length + max_new_tokens must not exceed max_len = ", max_len);
+}
+
+/// Throws the generators' error for prompt token x at flat index `at` outside [0, V).
+[[noreturn]] inline void fail_prompt_token(const char* fn, std::size_t at, token_t x, std::size_t V) {
+  hir::detail::fail(fn, "prompts[", at, "] = ", x, " is outside [0, V = ", V, ")");
+}
+
 /// Whether token a is more likely than token b under `logits` (ties: the lower index first): a strict total order,
 /// so every sort by it puts the same tokens first, in the same order.
 template <class T>

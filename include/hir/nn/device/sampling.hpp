@@ -327,32 +327,18 @@ public:
     namespace dd = backend::device::detail;
     const char* fn = "nn::device_generator::generate";
     const std::size_t N = opt.max_new_tokens, V = cfg_.vocab;
-    if (m.config() != cfg_)
-      hir::detail::fail(fn, "the model's config does not match the generator's");
-    opt.sampling.validate(fn);
-    if (B == 0 || B > max_batch_)
-      hir::detail::fail(fn, "B = ", B, " must be in [1, max_batch = ", max_batch_, "]");
-    if (N == 0)
-      hir::detail::fail(fn, "max_new_tokens must be positive");
-    hir::detail::check_size(fn, "prompts.size()", prompts.size(), "B*P", B * P);
-    hir::detail::check_size(fn, "prompt_lengths.size()", prompt_lengths.size(), "B", B);
-    hir::detail::check_size(fn, "sequence_ids.size()", sequence_ids.size(), "B", B);
-    hir::detail::check_size(fn, "out_tokens.size()", out_tokens.size(), "B*N", B * N);
-    hir::detail::check_size(fn, "out_logp.size()", out_logp.size(), "B*N", B * N);
-    hir::detail::check_size(fn, "out_entropy.size()", out_entropy.size(), "B*N", B * N);
-    hir::detail::check_size(fn, "out_lengths.size()", out_lengths.size(), "B", B);
+    detail::check_generation_call(fn, m.config() == cfg_, opt, B, max_batch_, P,
+                                  {prompts.size(), prompt_lengths.size(), sequence_ids.size(), out_tokens.size(),
+                                   out_logp.size(), out_entropy.size(), out_lengths.size()});
     // Prompt lengths and tokens: the first failing check in the CPU's order (row by row, length before tokens).
     const long long bad = dd::first_index_where(
         be, B * (P + 1), dd::hir_gen_prompt_bad{prompts.data(), prompt_lengths.data(), P, N, max_len_, V});
     if (bad >= 0) {
       const std::size_t r = static_cast<std::size_t>(bad) / (P + 1), j = static_cast<std::size_t>(bad) % (P + 1);
       if (j == 0)
-        hir::detail::fail(fn, "prompt_lengths[", r, "] = ", dd::nn_read_scalar(be, prompt_lengths.data() + r, fn),
-                          " must be in [1, P = ", P,
-                          "] and prompt length + max_new_tokens must not exceed max_len = ", max_len_);
+        detail::fail_prompt_length(fn, r, dd::nn_read_scalar(be, prompt_lengths.data() + r, fn), P, max_len_);
       const std::size_t at = r * P + (j - 1);
-      hir::detail::fail(fn, "prompts[", at, "] = ", dd::nn_read_scalar(be, prompts.data() + at, fn),
-                        " is outside [0, V = ", V, ")");
+      detail::fail_prompt_token(fn, at, dd::nn_read_scalar(be, prompts.data() + at, fn), V);
     }
 
     dd::nn_for_each(be, B * N,
@@ -393,10 +379,7 @@ private:
 
   static const transformer_config& validated(const transformer_config& cfg, std::size_t max_batch,
                                              std::size_t max_len) {
-    cfg.validate("nn::device_generator");
-    if (max_batch == 0 || max_len == 0 || max_len > cfg.context)
-      hir::detail::fail("nn::device_generator", "need 0 < max_batch and 0 < max_len <= context = ", cfg.context,
-                        ", got max_batch = ", max_batch, ", max_len = ", max_len);
+    detail::check_generator_shape("nn::device_generator", cfg, max_batch, max_len);
     return cfg;
   }
 
