@@ -16,7 +16,8 @@ function(hir_target_defaults target)
   endif()
 endfunction()
 
-option(HIR_TEST_CPU "Build the CPU test executables (the CUDA preset turns it off: the CPU presets build them)" ON)
+option(HIR_TEST_CPU "Build the CPU test executables (the cuda and cpu-omp presets turn it off: cpu and cpu-asan build them)"
+       ON)
 
 # -march=native for hir's benchmarks and apps (HIR_NATIVE, default ON): they measure this machine.
 option(HIR_NATIVE "Compile hir's benchmarks and apps with -march=native" ON)
