@@ -224,21 +224,28 @@ HIR_NN_AVX512_FN inline __m512 max_ps(__m512 a, __m512 b) {
 HIR_NN_AVX512_FN inline __m512 min_ps(__m512 a, __m512 b) {
   return _mm512_mask_min_ps(a, 0xFFFF, a, b);
 }
+/// The 16 lanes combined by `op` (add, max) in a pairwise tree: halves, quarters, pairs, neighbours.
+template <class Op>
+HIR_NN_AVX512_FN inline float reduce_lanes_ps(__m512 v, Op op) {
+  v = op(v, _mm512_mask_shuffle_f32x4(v, 0xFFFF, v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = op(v, _mm512_mask_shuffle_f32x4(v, 0xFFFF, v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  v = op(v, _mm512_mask_permute_ps(v, 0xFFFF, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = op(v, _mm512_mask_permute_ps(v, 0xFFFF, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm512_cvtss_f32(v);
+}
+struct add_lanes {
+  HIR_NN_AVX512_FN __m512 operator()(__m512 a, __m512 b) const { return _mm512_add_ps(a, b); }
+};
+struct max_lanes {
+  HIR_NN_AVX512_FN __m512 operator()(__m512 a, __m512 b) const { return max_ps(a, b); }
+};
 /// Σ of the 16 lanes (pairwise tree).
 HIR_NN_AVX512_FN inline float sum_ps(__m512 v) {
-  v = _mm512_add_ps(v, _mm512_mask_shuffle_f32x4(v, 0xFFFF, v, v, _MM_SHUFFLE(1, 0, 3, 2)));
-  v = _mm512_add_ps(v, _mm512_mask_shuffle_f32x4(v, 0xFFFF, v, v, _MM_SHUFFLE(2, 3, 0, 1)));
-  v = _mm512_add_ps(v, _mm512_mask_permute_ps(v, 0xFFFF, v, _MM_SHUFFLE(1, 0, 3, 2)));
-  v = _mm512_add_ps(v, _mm512_mask_permute_ps(v, 0xFFFF, v, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm512_cvtss_f32(v);
+  return reduce_lanes_ps(v, add_lanes{});
 }
 /// max of the 16 lanes.
 HIR_NN_AVX512_FN inline float hmax_ps(__m512 v) {
-  v = max_ps(v, _mm512_mask_shuffle_f32x4(v, 0xFFFF, v, v, _MM_SHUFFLE(1, 0, 3, 2)));
-  v = max_ps(v, _mm512_mask_shuffle_f32x4(v, 0xFFFF, v, v, _MM_SHUFFLE(2, 3, 0, 1)));
-  v = max_ps(v, _mm512_mask_permute_ps(v, 0xFFFF, v, _MM_SHUFFLE(1, 0, 3, 2)));
-  v = max_ps(v, _mm512_mask_permute_ps(v, 0xFFFF, v, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm512_cvtss_f32(v);
+  return reduce_lanes_ps(v, max_lanes{});
 }
 
 /// exp(x) of 16 floats: 2^n · p(r) with n = round(x·log₂e), r = x − n·ln 2 (two-part ln 2) and Cephes' expf
