@@ -156,24 +156,23 @@ for b in load("bench_reinforce_pp"):
 
 loss = load("bench_losses")
 if loss:
+    print("\n### Policy loss (bench_losses: PPO clip + k3 KL, forward + backward), 1 thread\n")
+    print("hir: fastest iteration (best_GBps) and the triad over the same bytes timed the same way right after it "
+          "(triad_GBps); mean: Google Benchmark's mean bytes/s over BM_LossTriad's mean at the same bytes.\n")
+    print("| B × L | validation | per-token adv | hir ns/token | hir best GB/s | triad GB/s | hir/triad | mean ratio "
+          "| PyTorch ns/token | hir/PyTorch |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     triads = {int(args(b["name"])["bytes"]): b["bytes_per_second"] for b in loss if b["name"].startswith("BM_LossTriad")}
-    print("\n### Policy loss (bench_losses: PPO clip + k3 KL, forward + backward), 1 thread, mean figures\n")
-    print("| B × L | validation | per-token adv | hir ns/token | hir GB/s | triad GB/s | hir/triad | PyTorch ns/token "
-          "| hir/PyTorch |")
-    print("|---|---|---|---|---|---|---|---|---|")
     for b in loss:
         if not b["name"].startswith("BM_PolicyLoss"):
             continue
         a = args(b["name"])
         B, L, fused, tok = int(a["B"]), int(a["L"]), int(a["fused"]), int(a["token_adv"])
-        bytes_tok = 21 if tok else 17
-        tri = triads.get(bytes_tok * B * L)
+        tri = triads.get((21 if tok else 17) * B * L)
         h_ns = b.get("ns_per_token")
-        if h_ns is not None and h_ns < 1e-3:  # an inverted rate counter: seconds per token
-            h_ns *= 1e9
         torch_ns = peer(f"torch_ppo_loss_B{B}_L{L}_t1_fwd_bwd", "ns_per_elem") if tok else None
         print(f"| {B} × {L} | {'fused' if fused else 'before writing'} | {'yes' if tok else 'no'} | {fmt(h_ns, 3)} | "
-              f"{b['bytes_per_second'] / 1e9:.2f} | {fmt(tri / 1e9 if tri else None)} | "
+              f"{b['best_GBps']:.2f} | {b['triad_GBps']:.2f} | {b['triad_ratio']:.2f} | "
               f"{fmt(b['bytes_per_second'] / tri if tri else None)} | {fmt(torch_ns, 1)} | "
               f"{fmt(torch_ns / h_ns if torch_ns and h_ns else None, 1)} |")
 PY

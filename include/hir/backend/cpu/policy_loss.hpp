@@ -5,10 +5,13 @@
 // and one loop over blocks of 16 tokens computes the policy-gradient term (hir::detail::policy_pg_token) and the KL
 // term (hir::detail::kl_token), writes the gradient and adds the summed terms into 16 float lanes (token j of a block
 // into lane j), flushed into double per chunk; clip flags are counted exactly as integers. No loop needs a
-// reassociated floating-point reduction, so g++ -O3 vectorizes the block loop without -ffast-math. Nothing
-// proportional to B·L is allocated (a few KiB of stack per call).
+// reassociated floating-point reduction, so g++ -O3 vectorizes the block loop without -ffast-math. For float, PPO clip
+// and no KL or k3, and for the float passes over the mask and inputs, CPUs with AVX-512 take the hand-written loops of
+// policy_loss_avx512.hpp instead (chosen at run time; same formulas, same lanes and chunks). Nothing proportional to
+// B·L is allocated (a few KiB of stack per call).
 #pragma once
 
+#include <hir/backend/cpu/policy_loss_avx512.hpp>
 #include <hir/backend/cpu/tag.hpp>
 #include <hir/core/tokens.hpp>
 #include <hir/detail/policy_loss_kernels.hpp>
@@ -82,7 +85,12 @@ struct policy_loss_counts {
 /// Valid tokens of one row, and whether a mask value is above 1.
 inline std::pair<std::size_t, bool> count_row(const std::uint8_t* m, std::size_t n) {
   std::uint32_t count = 0, big = 0;
-  for (std::size_t t = 0; t < n; ++t) {
+  std::size_t t = 0;
+#if HIR_CPU_AVX512
+  if (cpu_has_avx512())
+    t = count_row_avx512(m, n, count, big);
+#endif
+  for (; t < n; ++t) {
     count += m[t] != 0;
     big |= m[t] > 1;
   }
@@ -97,7 +105,14 @@ policy_loss_counts check_and_count(const char* fn, const policy_loss_arrays<T>& 
   for (std::size_t i = 0; i < in.batch; ++i) {
     const std::size_t base = i * L;
     std::uint32_t count = 0, big = 0, bad = 0;
-    for (std::size_t t = 0; t < L; ++t) {
+    std::size_t t = 0;
+#if HIR_CPU_AVX512
+    if constexpr (std::is_same_v<T, float>)
+      if (cpu_has_avx512())
+        t = check_row_avx512(in.logp + base, HasOld ? in.old + base : nullptr, HasRef ? in.ref + base : nullptr,
+                             TokenAdv ? in.adv + base : nullptr, in.mask + base, L, count, big, bad);
+#endif
+    for (; t < L; ++t) {
       const std::size_t k = base + t;
       const std::uint32_t m = in.mask[k];
       const std::uint32_t valid = m != 0;
@@ -183,13 +198,6 @@ inline T keep_if(T v, lane_bits_t<T> bits) {
   return v;
 }
 
-/// Lanes and chunk of the token loop: 16 lanes of float partial sums, flushed into double every 256 tokens.
-constexpr std::size_t loss_lanes = 16, loss_chunk = 256;
-/// Float terms summed per token (into 16 lanes per chunk).
-enum loss_sum_index { q_pg, q_kl, q_ratio, q_log_ratio, q_count };
-/// Clip flags are summed exactly as one integer per chunk: low + 2^10·high + 2^20·dual (≤ 256 each per chunk).
-constexpr std::int32_t code_high = 1 << 10, code_dual = 1 << 20;
-
 /// The token loop over one chunk (n ≤ loss_chunk tokens of one row, L1-resident): the gradient into g, each summed
 /// float term into its 16 lanes f[q][·] (token t into lane t mod 16), and the clip-flag code sum returned. Masked
 /// positions are set to 0 on input (logp = old = ref = A = 0), which makes every summed term exactly 0 there (ρ − 1
@@ -255,6 +263,10 @@ policy_loss_sums loss_pass(const policy_loss_arrays<T>& in, T* grad, const hir::
   constexpr bool has_kl = F != hir::detail::kl_family::none;
   constexpr bool token_ratio = K != policy_loss_kind::gspo;
   const std::size_t L = in.length;
+  [[maybe_unused]] const bool nan_check = opt.validation == input_validation::fused;
+#if HIR_CPU_AVX512
+  [[maybe_unused]] const bool simd = policy_loss_avx512_v<K, F, T> && cpu_has_avx512();
+#endif
   double acc[q_count + 1][loss_lanes] = {}; // [q_count]: the unweighted KL sum
   double gspo_ratio_sum = 0;
   std::int64_t low = 0, high = 0, dual = 0;
@@ -286,12 +298,33 @@ policy_loss_sums loss_pass(const policy_loss_arrays<T>& in, T* grad, const hir::
       std::fill(adv_row, adv_row + std::min(L, loss_chunk), in.adv[i]);
     for (std::size_t c0 = 0; c0 < L; c0 += loss_chunk) {
       const std::size_t n = std::min(L - c0, loss_chunk);
-      for (std::size_t t = 0; t < n; ++t)
-        lane_mask[t] = bits_t(0) - static_cast<bits_t>(m[c0 + t] != 0);
       const std::size_t k = base + c0;
-      const std::int32_t code = loss_chunk_loop<K, F, T>(in.logp + k, in.old + k, has_kl ? in.ref + k : in.logp + k,
-                                                         in.token_adv ? in.adv + k : adv_row, lane_mask, grad + k, n,
-                                                         row_ratio, row_pass, static_cast<T>(w_d), p, f);
+      const auto portable = [&] {
+        for (std::size_t t = 0; t < n; ++t)
+          lane_mask[t] = bits_t(0) - static_cast<bits_t>(m[c0 + t] != 0);
+        return loss_chunk_loop<K, F, T>(in.logp + k, in.old + k, has_kl ? in.ref + k : in.logp + k,
+                                        in.token_adv ? in.adv + k : adv_row, lane_mask, grad + k, n, row_ratio,
+                                        row_pass, static_cast<T>(w_d), p, f);
+      };
+      std::int32_t code;
+#if HIR_CPU_AVX512
+      if constexpr (policy_loss_avx512_v<K, F, T>) {
+        if (simd) {
+          const T* ref = has_kl ? in.ref + k : nullptr;
+          const T* adv = in.token_adv ? in.adv + k : nullptr;
+          const T a_row = in.token_adv ? T(0) : in.adv[i];
+          const auto chunk =
+              nan_check ? (adv ? loss_chunk_ppo_avx512<F, true, true> : loss_chunk_ppo_avx512<F, true, false>)
+                        : (adv ? loss_chunk_ppo_avx512<F, false, true> : loss_chunk_ppo_avx512<F, false, false>);
+          code = chunk(in.logp + k, in.old + k, ref, adv, a_row, m + c0, grad + k, n, static_cast<T>(w_d), p, f);
+        } else {
+          code = portable();
+        }
+      } else
+#endif
+      {
+        code = portable();
+      }
       low += code & (code_high - 1);
       high += (code >> 10) & (code_high - 1);
       dual += code >> 20;
