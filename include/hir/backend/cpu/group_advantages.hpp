@@ -3,11 +3,12 @@
 // (singleton policy) before anything is written, (2) the advantages. (detail::group_advantages_cpu also offers a
 // fused validation, one read pass fewer, for the fast path below.) Pass 2 has two paths:
 //
-//   uniform fast path   float scores, contiguous groups of G ∈ {2, 4, 8, 16, 32}, compiled with AVX-512F: blocks of
-//                       8 groups are transposed in registers so that each double lane holds one group, then mean and
-//                       sum of squared deviations (two-pass, pairwise in double), the scale (Newton-refined
-//                       reciprocal square root, within a few double ulps of 1/(sqrt(var) + ε)) and the output are
-//                       computed for 8 groups at once, and transposed back. Constant groups are exact zeros.
+//   uniform fast path   float scores, contiguous groups of G ∈ {2, 4, 8, 16, 32}, a CPU with AVX-512 (simd.hpp: the
+//                       code is compiled whatever -march says and chosen at run time): blocks of 8 groups are
+//                       transposed in registers so that each double lane holds one group, then mean and sum of squared
+//                       deviations (two-pass, pairwise in double), the scale (Newton-refined reciprocal square root,
+//                       within a few double ulps of 1/(sqrt(var) + ε)) and the output are computed for 8 groups at
+//                       once, and transposed back. Constant groups are exact zeros.
 //   generic path        any layout and type: hir::detail::group_advantages_one per group (shared with the device
 //                       backend), sequential sums in double.
 //
@@ -17,6 +18,7 @@
 #pragma once
 
 #include <hir/advantages/group_advantages.hpp>
+#include <hir/backend/cpu/simd.hpp>
 #include <hir/backend/cpu/tag.hpp>
 #include <hir/core/validation.hpp>
 #include <hir/detail/group_kernels.hpp>
@@ -28,13 +30,6 @@
 #include <limits>
 #include <type_traits>
 
-#if defined(__AVX512F__) && (defined(__GNUC__) || defined(__clang__))
-#  include <immintrin.h>
-#  define HIR_CPU_AVX512 1
-#else
-#  define HIR_CPU_AVX512 0
-#endif
-
 namespace hir {
 namespace backend {
 namespace cpu {
@@ -44,6 +39,23 @@ namespace detail {
 inline constexpr std::size_t group_advantages_parallel_min = std::size_t(1) << 18;
 /// Samples per OpenMP work chunk (a multiple of 8·32, so chunks hold whole blocks of 8 groups for every G).
 inline constexpr std::size_t group_advantages_chunk = std::size_t(1) << 15;
+
+#if HIR_CPU_AVX512
+/// The largest |x| bit pattern of x[0, n − n % 16) into hi (max of hi and it), 16 floats per step; returns the floats
+/// consumed. (At the default x86-64 target the plain loop below is SSE2 and about 2.5× slower.)
+HIR_CPU_AVX512_FN inline std::size_t max_abs_bits_avx512(const float* x, std::size_t n, std::uint32_t& hi) {
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  __m512i m = _mm512_setzero_si512();
+  std::size_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    m = _mm512_maskz_max_epu32(0xFFFF, m, _mm512_and_si512(_mm512_loadu_si512(x + i), abs_mask)); // GCC bug 105593
+  alignas(64) std::uint32_t lanes[16];
+  _mm512_store_si512(lanes, m);
+  for (const std::uint32_t v : lanes)
+    hi = v > hi ? v : hi;
+  return i;
+}
+#endif
 
 /// Index of the first non-finite value of x[begin, end), or -1. Tests the exponent bits with integer operations,
 /// a block at a time, so it vectorizes and runs at read bandwidth.
@@ -56,16 +68,22 @@ long long first_non_finite(const T* x, std::size_t begin, std::size_t end) {
   for (std::size_t start = begin; start < end; start += block) {
     const std::size_t stop = std::min(end, start + block);
     U hi = 0;
-    for (std::size_t i = start; i < stop; ++i) {
+    std::size_t i = start;
+#if HIR_CPU_AVX512
+    if constexpr (std::is_same_v<T, float>)
+      if (cpu_has_avx512())
+        i += max_abs_bits_avx512(x + start, stop - start, hi);
+#endif
+    for (; i < stop; ++i) {
       U u;
       std::memcpy(&u, x + i, sizeof(U));
       u &= abs_mask;
       hi = u > hi ? u : hi;
     }
     if (hi >= inf_bits) // some |x| is inf or NaN
-      for (std::size_t i = start; i < stop; ++i)
-        if (!std::isfinite(x[i]))
-          return static_cast<long long>(i);
+      for (std::size_t k = start; k < stop; ++k)
+        if (!std::isfinite(x[k]))
+          return static_cast<long long>(k);
   }
   return -1;
 }
@@ -241,7 +259,8 @@ struct ga_transpose_plan {
 // The maskz_ forms with all-ones masks below are the plain intrinsics; GCC 12 warns (-Wmaybe-uninitialized, GCC
 // bug 105593) about the "undefined" pass-through operand the plain forms use.
 template <int G>
-__attribute__((always_inline)) inline void ga_permute(__m512* z, const std::int32_t (*idx)[16], int pair_bit) {
+HIR_CPU_AVX512_FN __attribute__((always_inline)) inline void ga_permute(__m512* z, const std::int32_t (*idx)[16],
+                                                                        int pair_bit) {
   constexpr int n = G / 2;
   if (pair_bit < 0) {
     z[0] = _mm512_maskz_permutexvar_ps(0xFFFF, _mm512_load_si512(idx[0]), z[0]);
@@ -256,28 +275,34 @@ __attribute__((always_inline)) inline void ga_permute(__m512* z, const std::int3
     z[v] = o[v];
 }
 
+/// v in the low half, zeros above: _mm512_zextps256_ps512 without its "undefined" operand (GCC bug 105593).
+HIR_CPU_AVX512_FN __attribute__((always_inline)) inline __m512 ga_zext(__m256 v) {
+  return _mm512_castpd_ps(_mm512_maskz_insertf64x4(0xFF, _mm512_setzero_pd(), _mm256_castps_pd(v), 0));
+}
+
 /// y = (x − c_hi[g])·f[g] − clf[g] for the 8 groups of a block (8·G floats at x and y, G ≤ 8), the per-group
 /// values given as 8 floats and expanded to the lanes of each 16-float register by a vpermps.
 template <int G>
-__attribute__((always_inline)) inline void ga_store_output(const float* x, float* y, __m256 c_hi, __m256 f_f,
-                                                           __m256 clf) {
+HIR_CPU_AVX512_FN __attribute__((always_inline)) inline void ga_store_output(const float* x, float* y, __m256 c_hi,
+                                                                             __m256 f_f, __m256 clf) {
   static_assert(G <= 8, "larger groups are stored as parts of 8");
   constexpr int nv = G / 2;
-  const __m512 ch = _mm512_zextps256_ps512(c_hi), ff = _mm512_zextps256_ps512(f_f), cl = _mm512_zextps256_ps512(clf);
+  const __m512 ch = ga_zext(c_hi), ff = ga_zext(f_f), cl = ga_zext(clf);
   for (int v = 0; v < nv; ++v) {
     alignas(64) std::int32_t lanes[16];
     for (int l = 0; l < 16; ++l)
       lanes[l] = (16 * v + l) / G;
     const __m512i idx = _mm512_load_si512(lanes);
-    const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(x + 16 * v), _mm512_permutexvar_ps(idx, ch));
-    _mm512_storeu_ps(y + 16 * v, _mm512_fmsub_ps(d, _mm512_permutexvar_ps(idx, ff), _mm512_permutexvar_ps(idx, cl)));
+    const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(x + 16 * v), _mm512_maskz_permutexvar_ps(0xFFFF, idx, ch));
+    _mm512_storeu_ps(y + 16 * v, _mm512_fmsub_ps(d, _mm512_maskz_permutexvar_ps(0xFFFF, idx, ff),
+                                                 _mm512_maskz_permutexvar_ps(0xFFFF, idx, cl)));
   }
 }
 
 /// The block computed in double, group by group, with exact sqrt and division: the fast path's fallback for scales
 /// beyond the float range (groups of subnormal scores with ε = 0, scores near ±3.4e38). Same formula, same
 /// constant-group rule. x holds n groups of G finite floats.
-inline void ga_block_double(const float* x, float* y, int G, int n, const uniform_params& p) {
+HIR_CPU_AVX512_FN inline void ga_block_double(const float* x, float* y, int G, int n, const uniform_params& p) {
   for (int g = 0; g < n; ++g) {
     const float* v = x + g * G;
     const double r0 = v[0];
@@ -301,7 +326,8 @@ inline void ga_block_double(const float* x, float* y, int G, int n, const unifor
 /// Shifted sums of 8 consecutive groups of G floats at x (8·G values), one group per double lane: r0 = the group's
 /// first value, s1 = Σ_k d_k and s2 = Σ_k d_k² with d_k = x_k − r0, pairwise (short dependency chains).
 template <int G>
-__attribute__((always_inline)) inline void ga_sums8(const float* x, __m512d& r0, __m512d& s1, __m512d& s2) {
+HIR_CPU_AVX512_FN __attribute__((always_inline)) inline void ga_sums8(const float* x, __m512d& r0, __m512d& s1,
+                                                                      __m512d& s2) {
   constexpr auto& plan = ga_transpose_plan<G>::tables;
   constexpr int nv = G / 2;
   __m512 z[nv];
@@ -336,20 +362,25 @@ __attribute__((always_inline)) inline void ga_sums8(const float* x, __m512d& r0,
   s2 = q[0];
 }
 
+/// The neighbouring lane's value (lane ⊕ Dist) in every lane.
+template <int Dist>
+HIR_CPU_AVX512_FN __attribute__((always_inline)) inline __m512d ga_other_lane(__m512d v) {
+  static_assert(Dist == 1 || Dist == 2, "lanes merge in pairs, then pairs of pairs");
+  if constexpr (Dist == 1)
+    return _mm512_maskz_permute_pd(0xFF, v, 0x55); // swap within pairs
+  else
+    return _mm512_maskz_permutex_pd(0xFF, v, 0x4E); // swap pairs within 256-bit halves
+}
+
 /// Merges the shifted sums of neighbouring lanes (lane ⊕ Dist; n values each) into sums over both, about each lane's
 /// own r0: with δ = r0' − r0 (exact: a difference of two floats), S1 = s1 + s1' + n·δ and
 /// S2 = s2 + s2' + 2δ·s1' + n·δ² (Σ (d' + δ)² expanded). Both lanes end with the same group's sums.
 template <int Dist>
-__attribute__((always_inline)) inline void ga_merge_lanes(__m512d r0, __m512d& s1, __m512d& s2, double n) {
-  const auto other = [](__m512d v) {
-    static_assert(Dist == 1 || Dist == 2, "lanes merge in pairs, then pairs of pairs");
-    if constexpr (Dist == 1)
-      return _mm512_permute_pd(v, 0x55); // swap within pairs
-    else
-      return _mm512_permutex_pd(v, 0x4E); // swap pairs within 256-bit halves
-  };
+HIR_CPU_AVX512_FN __attribute__((always_inline)) inline void ga_merge_lanes(__m512d r0, __m512d& s1, __m512d& s2,
+                                                                            double n) {
   const __m512d nv = _mm512_set1_pd(n);
-  const __m512d delta = _mm512_sub_pd(other(r0), r0), s1o = other(s1), s2o = other(s2);
+  const __m512d delta = _mm512_sub_pd(ga_other_lane<Dist>(r0), r0), s1o = ga_other_lane<Dist>(s1),
+                s2o = ga_other_lane<Dist>(s2);
   const __m512d new_s1 = _mm512_fmadd_pd(nv, delta, _mm512_add_pd(s1, s1o));
   const __m512d cross = _mm512_fmadd_pd(_mm512_add_pd(s1o, s1o), delta, _mm512_mul_pd(nv, _mm512_mul_pd(delta, delta)));
   s2 = _mm512_add_pd(_mm512_add_pd(s2, s2o), cross);
@@ -363,8 +394,8 @@ __attribute__((always_inline)) inline void ga_merge_lanes(__m512d r0, __m512d& s
 /// so · (1/G) is the exact division. Returns false, writing nothing, if a score is not finite (the sum of squared
 /// deviations is then NaN: finite floats cannot overflow it in double).
 template <int G>
-__attribute__((always_inline)) inline bool ga_finish8(const float* x, float* y, __m512d r0, __m512d s1, __m512d s2,
-                                                      const uniform_params& p) {
+HIR_CPU_AVX512_FN __attribute__((always_inline)) inline bool
+ga_finish8(const float* x, float* y, __m512d r0, __m512d s1, __m512d s2, const uniform_params& p) {
   const __m512d inv_g = _mm512_set1_pd(1.0 / G);
   const __m512d mean = _mm512_fmadd_pd(s1, inv_g, r0);
   const __m512d ss = _mm512_fnmadd_pd(_mm512_mul_pd(s1, s1), inv_g, s2);
@@ -420,7 +451,8 @@ __attribute__((always_inline)) inline bool ga_finish8(const float* x, float* y, 
 /// Advantages of 8 consecutive groups of G ≤ 8 floats at x (8·G values) into y, or of 64/G groups of G ≥ 16 (64
 /// values: 8 parts of 8, whose sums are merged per group); false, writing nothing, if a score is not finite.
 template <int G>
-__attribute__((always_inline)) inline bool ga_block(const float* x, float* y, const uniform_params& p) {
+HIR_CPU_AVX512_FN __attribute__((always_inline)) inline bool ga_block(const float* x, float* y,
+                                                                      const uniform_params& p) {
   __m512d r0, s1, s2;
   ga_sums8<(G < 8 ? G : 8)>(x, r0, s1, s2);
   if constexpr (G >= 16)
@@ -436,8 +468,8 @@ __attribute__((always_inline)) inline bool ga_block(const float* x, float* y, co
 inline constexpr std::size_t ga_prefetch_floats = 512;
 
 template <int G>
-long long ga_uniform_blocks(const float* s, float* out, std::size_t g_begin, std::size_t g_end,
-                            const uniform_params& p) {
+HIR_CPU_AVX512_FN long long ga_uniform_blocks(const float* s, float* out, std::size_t g_begin, std::size_t g_end,
+                                              const uniform_params& p) {
   constexpr std::size_t per_block = G <= 8 ? 8 : 64 / G; // groups per ga_block call
   for (std::size_t g = g_begin; g < g_end; g += per_block) {
     // Software prefetch of both streams, ga_prefetch_floats ahead (a hint: an address past the end is dropped, never
@@ -467,7 +499,7 @@ long long uniform_range(const float* s, float* out, group_ref<host_space> groups
                         double batch_denominator) {
 #if HIR_CPU_AVX512
   const std::size_t full = g_begin + (g_end - g_begin) / 8 * 8;
-  const long long bad = ga_uniform_blocks<G>(s, out, g_begin, full, p);
+  const long long bad = ga_uniform_blocks<G>(s, out, g_begin, full, p); // callers checked cpu_has_avx512()
   if (bad >= 0)
     return bad;
   g_begin = full;
@@ -505,11 +537,12 @@ long long uniform_all(const float* s, float* out, group_ref<host_space> groups, 
   return uniform_range<G>(s, out, groups, 0, ng, opt, p, batch_denominator);
 }
 
-/// Whether the uniform fast path applies: float scores, AVX-512F, contiguous groups of 2, 4, 8, 16 or 32.
+/// Whether the uniform fast path applies: float scores, a CPU with AVX-512 (cpu_has_avx512()), contiguous groups of
+/// 2, 4, 8, 16 or 32.
 template <class T>
 bool uniform_path_applies(group_ref<host_space> groups) {
   const std::size_t G = groups.uniform_size;
-  return std::is_same_v<T, float> && HIR_CPU_AVX512 && groups.contiguous() &&
+  return std::is_same_v<T, float> && cpu_has_avx512() && groups.contiguous() &&
          (G == 2 || G == 4 || G == 8 || G == 16 || G == 32);
 }
 

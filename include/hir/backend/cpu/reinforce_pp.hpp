@@ -8,7 +8,8 @@
 #pragma once
 
 #include <hir/advantages/reinforce_pp.hpp>
-#include <hir/backend/cpu/group_advantages.hpp> // HIR_CPU_AVX512 and <immintrin.h>
+#include <hir/backend/cpu/group_advantages.hpp>
+#include <hir/backend/cpu/simd.hpp>
 #include <hir/backend/cpu/tag.hpp>
 #include <hir/detail/group_kernels.hpp>
 
@@ -125,77 +126,131 @@ void reinforce_row_sums(const M* m, const double* g, std::size_t length, double 
 }
 
 #if HIR_CPU_AVX512
+/// Positions t … t + 7 of a row of `length` that lie inside it, as a lane mask.
+inline __mmask8 reinforce_lanes8(std::size_t length, std::size_t t) {
+  return t >= length ? __mmask8(0) : length - t >= 8 ? __mmask8(0xFF) : __mmask8((1u << (length - t)) - 1u);
+}
+
+/// Σ of the 8 lanes in the order of GCC's _mm512_reduce_add_pd (written out: its "undefined" operands trip
+/// -Wmaybe-uninitialized, GCC bug 105593, when the caller is not itself compiled for AVX-512).
+HIR_CPU_AVX512_FN inline double reinforce_sum8(__m512d v) {
+  alignas(64) double l[8];
+  _mm512_store_pd(l, v);
+  return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+}
+
 /// The returns of one row of float log-probs, 8 positions (one zmm of doubles) at a time from its last valid
 /// position down to 0, without scratch: in each chunk the recursion G_t = r_t + c_t·G_{t+1} is a composition of
 /// affine maps, scanned in three steps (lane j composes with lanes j + 1, j + 2, j + 4: A ← A + B·A', B ← B·B'), then
 /// G = A + B·G_next with G_next the return at the chunk's upper end. r_t = −β·(old − ref)·m_t (k1 in the reward, or
 /// none), plus `terminal` at `last`; c_t = γ·m_{t+1}. Calls emit(t0, lanes, valid, G) for every chunk from the top:
 /// positions t0 … t0 + 7 (`lanes` of them inside the row), `valid` the mask bits, G the returns (0 above `last`).
-/// The inputs must have been validated (finite where valid, mask in {0, 1}).
+/// The inputs must have been validated (finite where valid, mask in {0, 1}). Emit is a function object whose call
+/// operator carries HIR_CPU_AVX512_FN (not a lambda: see simd.hpp).
 template <class Emit>
-inline void reinforce_row_avx512(const std::uint8_t* m, const float* old_lp, const float* ref_lp, std::size_t length,
-                                 std::size_t last, double terminal, double beta, double gamma, bool kl, Emit&& emit) {
+HIR_CPU_AVX512_FN __attribute__((always_inline)) inline void
+reinforce_row_avx512(const std::uint8_t* m, const float* old_lp, const float* ref_lp, std::size_t length,
+                     std::size_t last, double terminal, double beta, double gamma, bool kl, Emit& emit) {
   const __m512d zero = _mm512_setzero_pd(), one = _mm512_set1_pd(1.0), neg_beta = _mm512_set1_pd(-beta);
   const __m512d gam = _mm512_set1_pd(gamma), term = _mm512_set1_pd(terminal);
-  const auto lanes_from = [length](std::size_t t) -> __mmask8 { // positions t … t + 7 inside the row
-    return t >= length ? __mmask8(0) : length - t >= 8 ? __mmask8(0xFF) : __mmask8((1u << (length - t)) - 1u);
-  };
   const std::size_t top = (length - 1) / 8 * 8, last_chunk = last / 8 * 8;
   for (std::size_t t0 = top; t0 > last_chunk; t0 -= 8) // above the last valid position: G = 0
-    emit(t0, lanes_from(t0), __mmask8(0), zero);
+    emit(t0, reinforce_lanes8(length, t0), __mmask8(0), zero);
   __m512d carry = zero; // G at the upper end of the chunk
   for (std::size_t t0 = last_chunk + 8; t0 > 0;) {
     t0 -= 8;
-    const __mmask8 in_row = lanes_from(t0), next_in_row = lanes_from(t0 + 1);
+    const __mmask8 in_row = reinforce_lanes8(length, t0), next_in_row = reinforce_lanes8(length, t0 + 1);
     const __m128i mv = _mm_maskz_loadu_epi8(in_row, m + t0), mn = _mm_maskz_loadu_epi8(next_in_row, m + t0 + 1);
     const __mmask8 valid = static_cast<__mmask8>(_mm_test_epi8_mask(mv, mv));
     const __mmask8 next_valid = static_cast<__mmask8>(_mm_test_epi8_mask(mn, mn));
     __m512d a = zero;
     if (kl) {
-      const __m512d o = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(in_row, old_lp + t0));
-      const __m512d r = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(in_row, ref_lp + t0));
+      const __m512d o = _mm512_maskz_cvtps_pd(0xFF, _mm256_maskz_loadu_ps(in_row, old_lp + t0));
+      const __m512d r = _mm512_maskz_cvtps_pd(0xFF, _mm256_maskz_loadu_ps(in_row, ref_lp + t0));
       a = _mm512_maskz_mul_pd(valid, neg_beta, _mm512_sub_pd(o, r));
     }
     if (t0 == last_chunk)
       a = _mm512_mask_add_pd(a, static_cast<__mmask8>(1u << (last - t0)), a, term);
     __m512d b = _mm512_maskz_mov_pd(next_valid, gam);
-    __m512d as = _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(zero), _mm512_castpd_si512(a), 1));
-    __m512d bs = _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(one), _mm512_castpd_si512(b), 1));
+    __m512d as =
+        _mm512_castsi512_pd(_mm512_maskz_alignr_epi64(0xFF, _mm512_castpd_si512(zero), _mm512_castpd_si512(a), 1));
+    __m512d bs =
+        _mm512_castsi512_pd(_mm512_maskz_alignr_epi64(0xFF, _mm512_castpd_si512(one), _mm512_castpd_si512(b), 1));
     a = _mm512_fmadd_pd(b, as, a);
     b = _mm512_mul_pd(b, bs);
-    as = _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(zero), _mm512_castpd_si512(a), 2));
-    bs = _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(one), _mm512_castpd_si512(b), 2));
+    as = _mm512_castsi512_pd(_mm512_maskz_alignr_epi64(0xFF, _mm512_castpd_si512(zero), _mm512_castpd_si512(a), 2));
+    bs = _mm512_castsi512_pd(_mm512_maskz_alignr_epi64(0xFF, _mm512_castpd_si512(one), _mm512_castpd_si512(b), 2));
     a = _mm512_fmadd_pd(b, as, a);
     b = _mm512_mul_pd(b, bs);
-    as = _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(zero), _mm512_castpd_si512(a), 4));
-    bs = _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(one), _mm512_castpd_si512(b), 4));
+    as = _mm512_castsi512_pd(_mm512_maskz_alignr_epi64(0xFF, _mm512_castpd_si512(zero), _mm512_castpd_si512(a), 4));
+    bs = _mm512_castsi512_pd(_mm512_maskz_alignr_epi64(0xFF, _mm512_castpd_si512(one), _mm512_castpd_si512(b), 4));
     a = _mm512_fmadd_pd(b, as, a);
     b = _mm512_mul_pd(b, bs);
     const __m512d g = _mm512_fmadd_pd(b, carry, a);
     emit(t0, in_row, valid, g);
-    carry = _mm512_permutexvar_pd(_mm512_setzero_si512(), g); // G_{t0}, for the chunk below
+    carry = _mm512_maskz_permutexvar_pd(0xFF, _mm512_setzero_si512(), g); // G_{t0}, for the chunk below
   }
+}
+
+/// Whitening statistics of one row's returns: s1 = Σ (G_t − shift), s2 = Σ (G_t − shift)² over its valid positions
+/// (8 lanes of double partial sums, reduced in a fixed order).
+struct reinforce_stats_emit {
+  __m512d sh, s1v, s2v;
+  HIR_CPU_AVX512_FN __attribute__((always_inline)) inline void operator()(std::size_t, __mmask8, __mmask8 valid,
+                                                                          __m512d g) {
+    const __m512d d = _mm512_sub_pd(g, sh);
+    s1v = _mm512_mask_add_pd(s1v, valid, s1v, d);
+    s2v = _mm512_mask3_fmadd_pd(d, d, s2v, valid);
+  }
+};
+HIR_CPU_AVX512_FN inline void reinforce_row_stats_avx512(const std::uint8_t* m, const float* old_lp,
+                                                         const float* ref_lp, std::size_t length, std::size_t last,
+                                                         double terminal, double beta, double gamma, bool kl,
+                                                         double shift, double& s1, double& s2) {
+  reinforce_stats_emit e{_mm512_set1_pd(shift), _mm512_setzero_pd(), _mm512_setzero_pd()};
+  reinforce_row_avx512(m, old_lp, ref_lp, length, last, terminal, beta, gamma, kl, e);
+  s1 = reinforce_sum8(e.s1v);
+  s2 = reinforce_sum8(e.s2v);
+}
+
+/// The whitened returns of one row into y: (G − center)·scale + add at valid positions (+0 turns −0 into +0, as the
+/// scalar path does), 0 elsewhere.
+struct reinforce_write_emit {
+  __m512d cv, sv, av;
+  float* y;
+  HIR_CPU_AVX512_FN __attribute__((always_inline)) inline void operator()(std::size_t t0, __mmask8 in_row,
+                                                                          __mmask8 valid, __m512d g) {
+    const __m512d w = _mm512_add_pd(_mm512_fmadd_pd(_mm512_sub_pd(g, cv), sv, av), _mm512_setzero_pd());
+    _mm256_mask_storeu_ps(y + t0, in_row, _mm512_maskz_cvtpd_ps(valid, w));
+  }
+};
+HIR_CPU_AVX512_FN inline void reinforce_row_write_avx512(const std::uint8_t* m, const float* old_lp,
+                                                         const float* ref_lp, std::size_t length, std::size_t last,
+                                                         double terminal, double beta, double gamma, bool kl,
+                                                         double center, double scale, double add, float* y) {
+  reinforce_write_emit e{_mm512_set1_pd(center), _mm512_set1_pd(scale), _mm512_set1_pd(add), y};
+  reinforce_row_avx512(m, old_lp, ref_lp, length, last, terminal, beta, gamma, kl, e);
 }
 
 /// Σ_t m_t·(−β)·(old_t − ref_t) over one row of float log-probs (8 lanes of double partial sums, reduced in a fixed
 /// order); masked positions are ignored whatever they hold.
-inline double reinforce_row_k1_sum_avx512(const std::uint8_t* m, const float* old_lp, const float* ref_lp,
-                                          std::size_t length, double beta) {
+HIR_CPU_AVX512_FN inline double reinforce_row_k1_sum_avx512(const std::uint8_t* m, const float* old_lp,
+                                                            const float* ref_lp, std::size_t length, double beta) {
   __m512d acc = _mm512_setzero_pd();
   const __m512d neg_beta = _mm512_set1_pd(-beta);
   for (std::size_t t0 = 0; t0 < length; t0 += 8) {
     const __mmask8 in_row = length - t0 >= 8 ? __mmask8(0xFF) : __mmask8((1u << (length - t0)) - 1u);
     const __m128i mv = _mm_maskz_loadu_epi8(in_row, m + t0);
     const __mmask8 valid = static_cast<__mmask8>(_mm_test_epi8_mask(mv, mv));
-    const __m512d d = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_maskz_loadu_ps(in_row, old_lp + t0)),
-                                    _mm512_cvtps_pd(_mm256_maskz_loadu_ps(in_row, ref_lp + t0)));
+    const __m512d d = _mm512_sub_pd(_mm512_maskz_cvtps_pd(0xFF, _mm256_maskz_loadu_ps(in_row, old_lp + t0)),
+                                    _mm512_maskz_cvtps_pd(0xFF, _mm256_maskz_loadu_ps(in_row, ref_lp + t0)));
     acc = _mm512_mask3_fmadd_pd(neg_beta, d, acc, valid);
   }
-  return _mm512_reduce_add_pd(acc);
+  return reinforce_sum8(acc);
 }
 
 /// y[t] = m_t ? a : 0 over one row.
-inline void reinforce_row_fill_avx512(const std::uint8_t* m, float a, std::size_t length, float* y) {
+HIR_CPU_AVX512_FN inline void reinforce_row_fill_avx512(const std::uint8_t* m, float a, std::size_t length, float* y) {
   const __m512 av = _mm512_set1_ps(a);
   for (std::size_t t0 = 0; t0 < length; t0 += 16) {
     const __mmask16 in_row = length - t0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (length - t0)) - 1u);
@@ -292,12 +347,12 @@ void reinforce_pp_advantages_impl(tag_t const&, span<const T, host_space> scores
   };
 
 #if HIR_CPU_AVX512
-  // Float log-probs with k1 in the reward (or no KL): vectorized row kernels, row by row, two passes (validation and
-  // statistics, then the output), no scratch: per-token returns by reinforce_row_avx512, or (group mean of the
-  // return) one masked sum per row.
+  // Float log-probs with k1 in the reward (or no KL), on a CPU with AVX-512: vectorized row kernels, row by row, two
+  // passes (validation and statistics, then the output), no scratch: per-token returns by reinforce_row_avx512, or
+  // (group mean of the return) one masked sum per row.
   if constexpr (std::is_same_v<T, float>) {
-    const bool simple_kl = !kl || (o.kl == kl_estimator::k1 && !o.kl_clamp_every_estimator);
-    if (tiled && simple_kl) { // one value per row: a_i = score_i − β Σ_t k_t m_t − group mean, tiled over the row
+    const bool fast = detail::cpu_has_avx512() && (!kl || (o.kl == kl_estimator::k1 && !o.kl_clamp_every_estimator));
+    if (tiled && fast) { // one value per row: a_i = score_i − β Σ_t k_t m_t − group mean, tiled over the row
       detail::moments all;
       std::size_t total_valid = 0;
       std::vector<double> count(B);
@@ -319,7 +374,7 @@ void reinforce_pp_advantages_impl(tag_t const&, span<const T, host_space> scores
                                           L, out.data() + i * L);
       return;
     }
-    if (!tiled && simple_kl) {
+    if (!tiled && fast) {
       const auto last_valid = [&](std::size_t i) {
         const std::uint8_t* m = mask + i * L;
         std::size_t t = L - 1;
@@ -339,32 +394,19 @@ void reinforce_pp_advantages_impl(tag_t const&, span<const T, host_space> scores
             (kl ? -o.kl_coef * (static_cast<double>(old_lp[i * L + last]) - static_cast<double>(ref_lp[i * L + last]))
                 : 0.0) +
             row_value[i];
-        const __m512d sh = _mm512_set1_pd(shift);
-        __m512d s1v = _mm512_setzero_pd(), s2v = _mm512_setzero_pd();
-        detail::reinforce_row_avx512(mask + i * L, kl ? old_lp + i * L : nullptr, kl ? ref_lp + i * L : nullptr, L,
-                                     last, row_value[i], o.kl_coef, o.gamma, kl,
-                                     [&](std::size_t, __mmask8, __mmask8 valid, __m512d g) {
-                                       const __m512d d = _mm512_sub_pd(g, sh);
-                                       s1v = _mm512_mask_add_pd(s1v, valid, s1v, d);
-                                       s2v = _mm512_mask3_fmadd_pd(d, d, s2v, valid);
-                                     });
-        const double nn = static_cast<double>(n), s1 = _mm512_reduce_add_pd(s1v), s2 = _mm512_reduce_add_pd(s2v);
+        double s1 = 0.0, s2 = 0.0;
+        detail::reinforce_row_stats_avx512(mask + i * L, kl ? old_lp + i * L : nullptr, kl ? ref_lp + i * L : nullptr,
+                                           L, last, row_value[i], o.kl_coef, o.gamma, kl, shift, s1, s2);
+        const double nn = static_cast<double>(n);
         const double m2 = s2 - s1 * s1 / nn;
         all.merge(nn, shift + s1 / nn, m2 > 0.0 ? m2 : 0.0);
       }
       double center, scale, add;
       whitening_of(all, total_valid, center, scale, add);
-      const __m512d cv = _mm512_set1_pd(center), sv = _mm512_set1_pd(scale), av = _mm512_set1_pd(add);
-      for (std::size_t i = 0; i < B; ++i) {
-        float* y = out.data() + i * L;
-        detail::reinforce_row_avx512(
-            mask + i * L, kl ? old_lp + i * L : nullptr, kl ? ref_lp + i * L : nullptr, L, last_valid(i), row_value[i],
-            o.kl_coef, o.gamma, kl, [&](std::size_t t0, __mmask8 in_row, __mmask8 valid, __m512d g) {
-              // + 0.0 turns −0 into +0, as the scalar path does
-              const __m512d w = _mm512_add_pd(_mm512_fmadd_pd(_mm512_sub_pd(g, cv), sv, av), _mm512_setzero_pd());
-              _mm256_mask_storeu_ps(y + t0, in_row, _mm512_maskz_cvtpd_ps(valid, w));
-            });
-      }
+      for (std::size_t i = 0; i < B; ++i)
+        detail::reinforce_row_write_avx512(mask + i * L, kl ? old_lp + i * L : nullptr, kl ? ref_lp + i * L : nullptr,
+                                           L, last_valid(i), row_value[i], o.kl_coef, o.gamma, kl, center, scale, add,
+                                           out.data() + i * L);
       return;
     }
   }

@@ -20,9 +20,10 @@
 #include <type_traits>
 #include <vector>
 
-// HIR_NN_HAVE_AVX512_KERNEL: the AVX-512 code (GEMM, exp, the generator's attention) is compiled, and used when the
-// CPU has AVX-512F; HIR_NN_AVX512_GEMM: the float products use it (not when a CBLAS takes every product).
-#if !defined(HIR_NN_NO_AVX512) && (defined(__x86_64__) || defined(__i386__)) &&                                        \
+// HIR_NN_HAVE_AVX512_KERNEL: the AVX-512 code (GEMM, exp, the generator's attention) is compiled (not with
+// HIR_NN_NO_AVX512 or HIR_NO_AVX512), and used when the CPU has AVX-512F; HIR_NN_AVX512_GEMM: the float products use it
+// (not when a CBLAS takes every product).
+#if !defined(HIR_NN_NO_AVX512) && !defined(HIR_NO_AVX512) && (defined(__x86_64__) || defined(__i386__)) &&             \
     (defined(__GNUC__) || defined(__clang__))
 #  define HIR_NN_HAVE_AVX512_KERNEL 1
 #  include <immintrin.h>
