@@ -8,6 +8,7 @@
 #include "support/compare.hpp"
 #include "support/seed.hpp"
 
+#include "losses/exp_sweep.hpp"
 #include "losses/policy_loss_reference.hpp"
 
 #include <hir/detail/policy_loss_kernels.hpp>
@@ -16,7 +17,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -223,31 +223,16 @@ void check_against_reference(const run_result& got, const hir::ref::loss_result&
 }
 
 /// Units in the last place of float between a float result and the exact value (double).
-double ulp_error(float got, double exact) {
-  const float e = static_cast<float>(exact);
-  const float next = std::nextafter(e, std::numeric_limits<float>::infinity());
-  const double ulp = double(next) - double(e);
-  return std::fabs(double(got) - exact) / ulp;
-}
 
 } // namespace
 
 TEST_CASE("policy_loss kernels: float exp within 2 ulp, e^d − 1 and e^d − 1 − d accurate") {
   double worst = 0, worst_x = 0;
-  // every 61st float in [−87.3, 88.3] (about 35 million values), both signs
-  for (std::uint32_t sign : {0u, 0x80000000u}) {
-    const float top = sign ? 87.3f : 88.3f;
-    std::uint32_t end_bits;
-    std::memcpy(&end_bits, &top, 4);
-    for (std::uint32_t b = 0; b <= end_bits; b += 61) {
-      const std::uint32_t bits = b | sign;
-      float x;
-      std::memcpy(&x, &bits, 4);
-      const double err = ulp_error(hir::detail::exp_accurate(x), std::exp(double(x)));
-      if (err > worst)
-        worst = err, worst_x = x;
-    }
-  }
+  hir::test::for_each_exp_sweep_float([&](float x) { // about 35 million values
+    const double err = hir::test::ulp_error(hir::detail::exp_accurate(x), std::exp(double(x)));
+    if (err > worst)
+      worst = err, worst_x = x;
+  });
   MESSAGE("exp_accurate: max error ", worst, " ulp at x = ", worst_x);
   CHECK(worst <= 2.0);
   CHECK(hir::detail::exp_accurate(0.0f) == 1.0f);

@@ -8,6 +8,7 @@
 // and validation passes against plain loops. In hir.cpu.losses, test_policy_loss.cpp checks the whole function on
 // the AVX-512 path (taken at run time when the CPU has AVX-512) against the double reference; hir.cpu.losses_portable
 // builds both files with HIR_NO_AVX512, where the comparisons report that they did not run.
+#include "losses/exp_sweep.hpp"
 #include "support/seed.hpp"
 
 #include <hir/backend/cpu/policy_loss.hpp>
@@ -17,7 +18,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -189,16 +189,22 @@ void compare_paths(std::mt19937_64& rng) {
   CHECK(flag_mismatches * 10000 <= tokens);
   MESSAGE("clip flags differing between the loops: ", flag_mismatches, " of ", tokens, " tokens");
 }
+
+/// True (and says so) when this CPU cannot run the AVX-512 loops: the case then checks nothing.
+bool skip_without_avx512() {
+  if (bc::cpu_has_avx512())
+    return false;
+  MESSAGE("this CPU has no AVX-512F/BW/VL/DQ: the AVX-512 loops do not run here, nothing to check");
+  return true;
+}
 #endif
 
 } // namespace
 
-TEST_CASE("policy_loss AVX-512 token loop agrees with the portable loop (PPO clip; no KL and k3)") {
 #if HIR_CPU_AVX512
-  if (!bc::cpu_has_avx512()) {
-    MESSAGE("this CPU has no AVX-512F/BW/VL/DQ: the AVX-512 token loop does not run, nothing to compare");
+TEST_CASE("policy_loss AVX-512 token loop agrees with the portable loop (PPO clip; no KL and k3)") {
+  if (skip_without_avx512())
     return;
-  }
   std::mt19937_64 rng(hir::test::seed(101));
   SUBCASE("no KL") {
     compare_paths<kl_family::none>(rng);
@@ -206,17 +212,11 @@ TEST_CASE("policy_loss AVX-512 token loop agrees with the portable loop (PPO cli
   SUBCASE("k3") {
     compare_paths<kl_family::k3>(rng);
   }
-#else
-  MESSAGE("built with HIR_NO_AVX512 (or not for x86-64 with GCC/Clang): no AVX-512 token loop to compare");
-#endif
 }
 
 TEST_CASE("policy_loss AVX-512 token loop: its exp is within 2 ulp over [−87.3, 88.3]") {
-#if HIR_CPU_AVX512
-  if (!bc::cpu_has_avx512()) {
-    MESSAGE("this CPU has no AVX-512F/BW/VL/DQ: nothing to check");
+  if (skip_without_avx512())
     return;
-  }
   // every 61st float in the range (about 35 million values), both signs, as for the portable exp_accurate; the
   // rounding of n by the 1.5·2^23 shift (an FMA) can differ from rint(x·log2 e) near halfway points
   double worst = 0, worst_x = 0;
@@ -226,42 +226,25 @@ TEST_CASE("policy_loss AVX-512 token loop: its exp is within 2 ulp over [−87.3
     x.resize((x.size() + 15) / 16 * 16, 0.0f);
     exp_avx512_array(x.data(), y.data(), x.size());
     for (std::size_t i = 0; i < x.size(); ++i) {
-      const double exact = std::exp(double(x[i]));
-      const float e = static_cast<float>(exact);
-      const double ulp = double(std::nextafter(e, std::numeric_limits<float>::infinity())) - double(e);
-      const double err = std::fabs(double(y[i]) - exact) / ulp;
+      const double err = hir::test::ulp_error(y[i], std::exp(double(x[i])));
       if (err > worst)
         worst = err, worst_x = x[i];
     }
     x.clear();
   };
-  for (std::uint32_t sign : {0u, 0x80000000u}) {
-    const float top = sign ? 87.3f : 88.3f;
-    std::uint32_t end_bits;
-    std::memcpy(&end_bits, &top, 4);
-    for (std::uint32_t b = 0; b <= end_bits; b += 61) {
-      const std::uint32_t bits = b | sign;
-      float v;
-      std::memcpy(&v, &bits, 4);
-      x.push_back(v);
-      if (x.size() == 4096)
-        flush();
-    }
-  }
+  hir::test::for_each_exp_sweep_float([&](float v) {
+    x.push_back(v);
+    if (x.size() == 4096)
+      flush();
+  });
   flush();
   MESSAGE("exp_avx512: max error ", worst, " ulp at x = ", worst_x);
   CHECK(worst <= 2.0);
-#else
-  MESSAGE("built with HIR_NO_AVX512 (or not for x86-64 with GCC/Clang): nothing to check");
-#endif
 }
 
 TEST_CASE("policy_loss AVX-512 token loop: non-finite inputs at valid positions reach the sums (fused checks)") {
-#if HIR_CPU_AVX512
-  if (!bc::cpu_has_avx512()) {
-    MESSAGE("this CPU has no AVX-512F/BW/VL/DQ: nothing to check");
+  if (skip_without_avx512())
     return;
-  }
   std::mt19937_64 rng(hir::test::seed(102));
   const hir::policy_loss_options opt = option_sets()[0];
   const auto p = hir::detail::make_policy_token_params<float>(opt);
@@ -294,10 +277,12 @@ TEST_CASE("policy_loss AVX-512 token loop: non-finite inputs at valid positions 
       }
     }
   }
-#else
-  MESSAGE("built with HIR_NO_AVX512 (or not for x86-64 with GCC/Clang): nothing to check");
-#endif
 }
+#else
+TEST_CASE("policy_loss AVX-512 token loop: not compiled") {
+  MESSAGE("built with HIR_NO_AVX512 (or not for x86-64 with GCC/Clang): no AVX-512 token loop to check");
+}
+#endif
 
 TEST_CASE("policy_loss CPU passes: mask counts and validation match plain loops") {
   std::mt19937_64 rng(hir::test::seed(103));
