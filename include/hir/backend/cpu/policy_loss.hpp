@@ -184,19 +184,8 @@ double row_log_ratio_sum(const T* x, const T* o, const std::uint8_t* m, std::siz
   return s;
 }
 
-/// Unsigned integer of T's width: lane masks (all ones = valid) that select by bitwise AND.
-template <class T>
-using lane_bits_t = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
-
-/// v where the lane mask is all ones, +0 where it is zero (also for NaN/inf v): a select that vectorizes.
-template <class T>
-inline T keep_if(T v, lane_bits_t<T> bits) {
-  lane_bits_t<T> b;
-  std::memcpy(&b, &v, sizeof b);
-  b &= bits;
-  std::memcpy(&v, &b, sizeof v);
-  return v;
-}
+using hir::detail::keep_if; // lane-mask selects, shared with the kernels' zero_unless
+using hir::detail::lane_bits_t;
 
 /// The token loop over one chunk (n ≤ loss_chunk tokens of one row, L1-resident): the gradient into g, each summed
 /// float term into its 16 lanes f[q][·] (token t into lane t mod 16), and the clip-flag code sum returned. Masked
