@@ -5,10 +5,11 @@
 //
 //   uniform fast path   float scores, contiguous groups of G ∈ {2, 4, 8, 16, 32}, a CPU with AVX-512 (simd.hpp: the
 //                       code is compiled whatever -march says and chosen at run time): blocks of 8 groups are
-//                       transposed in registers so that each double lane holds one group, then mean and sum of squared
-//                       deviations (two-pass, pairwise in double), the scale (Newton-refined reciprocal square root,
-//                       within a few double ulps of 1/(sqrt(var) + ε)) and the output are computed for 8 groups at
-//                       once, and transposed back. Constant groups are exact zeros.
+//                       transposed in registers so that each double lane holds one group, then the shifted sums
+//                       (pairwise in double), the scale (Newton-refined reciprocal square root and reciprocal, within
+//                       2⁻²⁵ of factor/(sqrt(var) + ε)) and the baseline are computed for 8 groups at once, and the
+//                       output is written in float from the scores in their own layout; three blocks are in flight at
+//                       a time (software pipelining). Constant groups are exact zeros.
 //   generic path        any layout and type: hir::detail::group_advantages_one per group (shared with the device
 //                       backend), sequential sums in double.
 //
@@ -280,12 +281,12 @@ HIR_CPU_AVX512_FN __attribute__((always_inline)) inline __m512 ga_zext(__m256 v)
   return _mm512_castpd_ps(_mm512_maskz_insertf64x4(0xFF, _mm512_setzero_pd(), _mm256_castps_pd(v), 0));
 }
 
-/// y = (x − c_hi[g])·f[g] − clf[g] for the 8 groups of a block (8·G floats at x and y, G ≤ 8), the per-group
+/// y = (x − c_hi[g])·f[g] − clf[g] for the 8 groups of a block (8·G floats at x and y, G ≤ 4), the per-group
 /// values given as 8 floats and expanded to the lanes of each 16-float register by a vpermps.
 template <int G>
 HIR_CPU_AVX512_FN __attribute__((always_inline)) inline void ga_store_output(const float* x, float* y, __m256 c_hi,
                                                                              __m256 f_f, __m256 clf) {
-  static_assert(G <= 8, "larger groups are stored as parts of 8");
+  static_assert(G <= 4, "larger groups take ga_store_output_bcast");
   constexpr int nv = G / 2;
   const __m512 ch = ga_zext(c_hi), ff = ga_zext(f_f), cl = ga_zext(clf);
   for (int v = 0; v < nv; ++v) {
@@ -296,6 +297,32 @@ HIR_CPU_AVX512_FN __attribute__((always_inline)) inline void ga_store_output(con
     const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(x + 16 * v), _mm512_maskz_permutexvar_ps(0xFFFF, idx, ch));
     _mm512_storeu_ps(y + 16 * v, _mm512_fmsub_ps(d, _mm512_maskz_permutexvar_ps(0xFFFF, idx, ff),
                                                  _mm512_maskz_permutexvar_ps(0xFFFF, idx, cl)));
+  }
+}
+
+/// y = (x − c_hi[g])·f[g] − clf[g] for the 8 groups of a block of G ≥ 8 (8·G floats at x and y), a group taking
+/// whole registers (one ymm for G = 8, G/16 zmm above): the per-group values are broadcast from memory, a load-port
+/// operation, instead of permuted on port 5 (G = 8 in L2: 0.348 → 0.330 ns per reward).
+template <int G>
+HIR_CPU_AVX512_FN __attribute__((always_inline)) inline void
+ga_store_output_bcast(const float* x, float* y, __m256 c_hi, __m256 f_f, __m256 clf) {
+  static_assert(G >= 8, "smaller groups share a ymm register");
+  alignas(32) float v[3][8];
+  _mm256_store_ps(v[0], c_hi);
+  _mm256_store_ps(v[1], f_f);
+  _mm256_store_ps(v[2], clf);
+  asm("" : "+m"(v)); // v is reloaded from memory: keeps the compiler from broadcasting out of registers
+  for (int g = 0; g < 8; ++g) {
+    if constexpr (G == 8) {
+      const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + 8 * g), _mm256_set1_ps(v[0][g]));
+      _mm256_storeu_ps(y + 8 * g, _mm256_fmsub_ps(d, _mm256_set1_ps(v[1][g]), _mm256_set1_ps(v[2][g])));
+    } else {
+      for (int r = 0; r < G / 16; ++r) {
+        const int i = g * G + 16 * r;
+        const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(x + i), _mm512_set1_ps(v[0][g]));
+        _mm512_storeu_ps(y + i, _mm512_fmsub_ps(d, _mm512_set1_ps(v[1][g]), _mm512_set1_ps(v[2][g])));
+      }
+    }
   }
 }
 
@@ -362,128 +389,215 @@ HIR_CPU_AVX512_FN __attribute__((always_inline)) inline void ga_sums8(const floa
   s2 = q[0];
 }
 
-/// The neighbouring lane's value (lane ⊕ Dist) in every lane.
-template <int Dist>
-HIR_CPU_AVX512_FN __attribute__((always_inline)) inline __m512d ga_other_lane(__m512d v) {
-  static_assert(Dist == 1 || Dist == 2, "lanes merge in pairs, then pairs of pairs");
-  if constexpr (Dist == 1)
-    return _mm512_maskz_permute_pd(0xFF, v, 0x55); // swap within pairs
-  else
-    return _mm512_maskz_permutex_pd(0xFF, v, 0x4E); // swap pairs within 256-bit halves
+/// Merges the shifted sums of 16 runs of n values (lanes 0–7 of a: runs 0–7; of b: runs 8–15) into the sums of 8
+/// runs of 2n, in order: run j of the result is runs 2j and 2j + 1. With E the even runs and O the odd ones
+/// (two-source permutes), δ = r0_O − r0_E (exact: a difference of two floats), S1 = s1_E + s1_O + n·δ and
+/// S2 = s2_E + s2_O + 2δ·s1_O + n·δ² (Σ (d' + δ)² expanded), about r0_E.
+HIR_CPU_AVX512_FN __attribute__((always_inline)) inline void
+ga_merge_runs(__m512d& r0, __m512d& s1, __m512d& s2, __m512d r0b, __m512d s1b, __m512d s2b, double n) {
+  const __m512i even = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0), odd = _mm512_set_epi64(15, 13, 11, 9, 7, 5, 3, 1);
+  const __m512d r0_e = _mm512_permutex2var_pd(r0, even, r0b), r0_o = _mm512_permutex2var_pd(r0, odd, r0b);
+  const __m512d s1_e = _mm512_permutex2var_pd(s1, even, s1b), s1_o = _mm512_permutex2var_pd(s1, odd, s1b);
+  const __m512d s2_e = _mm512_permutex2var_pd(s2, even, s2b), s2_o = _mm512_permutex2var_pd(s2, odd, s2b);
+  const __m512d nv = _mm512_set1_pd(n), delta = _mm512_sub_pd(r0_o, r0_e);
+  const __m512d cross =
+      _mm512_fmadd_pd(_mm512_add_pd(s1_o, s1_o), delta, _mm512_mul_pd(nv, _mm512_mul_pd(delta, delta)));
+  r0 = r0_e;
+  s1 = _mm512_fmadd_pd(nv, delta, _mm512_add_pd(s1_e, s1_o));
+  s2 = _mm512_add_pd(_mm512_add_pd(s2_e, s2_o), cross);
 }
 
-/// Merges the shifted sums of neighbouring lanes (lane ⊕ Dist; n values each) into sums over both, about each lane's
-/// own r0: with δ = r0' − r0 (exact: a difference of two floats), S1 = s1 + s1' + n·δ and
-/// S2 = s2 + s2' + 2δ·s1' + n·δ² (Σ (d' + δ)² expanded). Both lanes end with the same group's sums.
-template <int Dist>
-HIR_CPU_AVX512_FN __attribute__((always_inline)) inline void ga_merge_lanes(__m512d r0, __m512d& s1, __m512d& s2,
-                                                                            double n) {
-  const __m512d nv = _mm512_set1_pd(n);
-  const __m512d delta = _mm512_sub_pd(ga_other_lane<Dist>(r0), r0), s1o = ga_other_lane<Dist>(s1),
-                s2o = ga_other_lane<Dist>(s2);
-  const __m512d new_s1 = _mm512_fmadd_pd(nv, delta, _mm512_add_pd(s1, s1o));
-  const __m512d cross = _mm512_fmadd_pd(_mm512_add_pd(s1o, s1o), delta, _mm512_mul_pd(nv, _mm512_mul_pd(delta, delta)));
-  s2 = _mm512_add_pd(_mm512_add_pd(s2, s2o), cross);
-  s1 = new_s1;
+/// Shifted sums of 8 consecutive runs of N values at x (8·N values, N a power of two ≥ 2), one run per double lane:
+/// ga_sums8 for N ≤ 8; above, the two halves' runs of N/2 merged pairwise (ga_merge_runs).
+template <int N>
+HIR_CPU_AVX512_FN __attribute__((always_inline)) inline void ga_run_sums(const float* x, __m512d& r0, __m512d& s1,
+                                                                         __m512d& s2) {
+  if constexpr (N <= 8) {
+    ga_sums8<N>(x, r0, s1, s2);
+  } else {
+    __m512d r0b, s1b, s2b;
+    ga_run_sums<N / 2>(x, r0, s1, s2);
+    ga_run_sums<N / 2>(x + 4 * N, r0b, s1b, s2b);
+    ga_merge_runs(r0, s1, s2, r0b, s1b, s2b, N / 2);
+  }
 }
 
-/// Advantages from the shifted sums of 8 lanes (each lane a group of G values, or an 8-value part of one when G > 8:
-/// ga_merge_lanes gave every part its group's sums) into y, the 8 lanes' values being 8·Gl floats at x (Gl = min(G,
-/// 8)). ss = S2 − S1²/G: r0 lies inside the group's range, so S2 ≤ G·range² ≤ 2G·ss and the subtraction loses at
-/// most log2(2G) bits: ss keeps ≥ 46 correct bits, and is exactly 0 iff the group is constant. G is a power of two,
-/// so · (1/G) is the exact division. Returns false, writing nothing, if a score is not finite (the sum of squared
-/// deviations is then NaN: finite floats cannot overflow it in double).
+/// The per-call constants of the fast path as vectors, built once per call outside the block loop (the kernel's
+/// vector stores may alias anything, so constants read through a reference would be reloaded in every block), and
+/// the range rule that lets a block take the float output.
+///
+/// The float output can neither overflow nor lose precision when every score of the block has |x| < 2¹²⁶ and the
+/// scale f is 0 or within [2⁻¹⁰⁰, 2¹⁰⁰] (see ga_scales8). The scores' side is checked as r0² + S2 < x_bound ≤ 2²⁵⁰
+/// (so |r0| < 2¹²⁵ and |x − r0| ≤ √S2 < 2¹²⁵): one FMA and one compare per block, false for NaN or ±inf. The scale's
+/// side is proven once per call where the options allow it (check_f false): f = factor/(√max(ss/div, floor) + ε)
+/// with ss ≤ S2 < x_bound is at most |factor|/(√floor + ε) and at least |factor|/(√max(x_bound/div, floor) + ε), so
+/// x_bound is lowered (by 2¹⁰ at a time, not below 2⁴⁰) until that lower bound is 2⁻⁹⁹ or more. Otherwise (ε = 0
+/// with no floor, extreme factors) every block checks f too.
+struct ga_consts {
+  __m512d inv_var_div, floor, epsilon, factor, fixed, center, x_bound;
+  bool group_std; ///< f from the group std (else f = fixed)
+  bool check_f;   ///< f's range is checked in every block
+};
+
+HIR_CPU_AVX512_FN inline ga_consts ga_make_consts(const uniform_params& p) {
+  ga_consts c;
+  c.inv_var_div = _mm512_set1_pd(p.inv_var_div);
+  c.floor = _mm512_set1_pd(p.floor);
+  c.epsilon = _mm512_set1_pd(p.epsilon);
+  c.factor = _mm512_set1_pd(p.factor);
+  c.fixed = _mm512_set1_pd(p.fixed);
+  c.center = _mm512_set1_pd(p.center);
+  c.group_std = p.group_std;
+  double bound = 0x1p250;
+  bool check = true;
+  if (!p.group_std) {
+    const double a = std::fabs(p.fixed);
+    check = !(a == 0 || (a >= 0x1p-100 && a <= 0x1p100));
+  } else {
+    const double a = std::fabs(p.factor);
+    const double den_min = std::sqrt(p.floor) + p.epsilon; // NaN options leave check set
+    if (a == 0) {
+      check = false;
+    } else if (den_min > 0 && a / den_min <= 0x1p99) {
+      for (double t = 0x1p250; t >= 0x1p40; t *= 0x1p-10)
+        if (a / (std::sqrt(std::max(t * p.inv_var_div, p.floor)) + p.epsilon) >= 0x1p-99) {
+          bound = t;
+          check = false;
+          break;
+        }
+    }
+  }
+  c.x_bound = _mm512_set1_pd(check ? 0x1p250 : bound);
+  c.check_f = check;
+  return c;
+}
+
+/// What ga_scales8 found for a block.
+enum class ga_status { fast, fallback, non_finite };
+
+/// Scales and baselines of 8 groups of G values, one per lane, from their shifted sums. ss = S2 − S1²/G: r0 lies inside
+/// the group's range, so S2 ≤ G·range² ≤ 2G·ss and the subtraction loses at most log2(2G) bits: ss keeps ≥ 46 correct
+/// bits, and is exactly 0 iff the group is constant (d_0 = 0, so S1² ≤ (G − 1)·S2 and ss ≥ S2/G otherwise). G is a
+/// power of two, so · (1/G) is the exact division.
+///
+/// On `fast`, the output y = (x − c_hi)·f − clf is ready for ga_output, the baseline c = center·μ split into
+/// c_hi = float(c) and c_lo = float(c − c_hi), clf = c_lo·f: x − c_hi is exact when x is within a factor 2 of c_hi
+/// (Sterbenz) and else rounds relative to a result of about |x|; the fused multiply-subtract rounds once more, so the
+/// error relative to the result stays within a few 2⁻²⁴ even for groups whose values differ in their last float bit.
+/// `fallback`: a block outside ga_consts' range rule (scores near ±FLT_MAX, groups of subnormal scores with ε = 0),
+/// computed by ga_block_double instead. `non_finite`: a score is NaN or ±inf (ss is then NaN or inf: finite floats
+/// cannot overflow the sums in double); nothing of the block may be written.
 template <int G>
-HIR_CPU_AVX512_FN __attribute__((always_inline)) inline bool
-ga_finish8(const float* x, float* y, __m512d r0, __m512d s1, __m512d s2, const uniform_params& p) {
+HIR_CPU_AVX512_FN __attribute__((always_inline)) inline ga_status
+ga_scales8(__m512d r0, __m512d s1, __m512d s2, const ga_consts& k, __m256& c_hi, __m256& f_f, __m256& clf) {
   const __m512d inv_g = _mm512_set1_pd(1.0 / G);
   const __m512d mean = _mm512_fmadd_pd(s1, inv_g, r0);
   const __m512d ss = _mm512_fnmadd_pd(_mm512_mul_pd(s1, s1), inv_g, s2);
-  // A non-finite score makes S2 (or S1) inf or NaN, hence ss inf or NaN; finite floats cannot overflow it in double.
-  if (_mm512_cmp_pd_mask(_mm512_sub_pd(ss, ss), _mm512_setzero_pd(), _CMP_NEQ_UQ))
-    return false;
   __m512d f;
-  if (p.group_std) {
+  if (k.group_std) {
     // var > 0 unless the group is constant (· 1/(n − 1) is within an ulp of the division)
-    const __m512d var =
-        _mm512_maskz_max_pd(0xFF, _mm512_mul_pd(ss, _mm512_set1_pd(p.inv_var_div)), _mm512_set1_pd(p.floor));
+    const __m512d var = _mm512_maskz_max_pd(0xFF, _mm512_mul_pd(ss, k.inv_var_div), k.floor);
     // sqrt(var) = var · rsqrt(var) and 1/(sqrt(var) + ε), each from a 14-bit estimate and one Newton step (relative
     // error below 2⁻²⁶ each, so f is within 2⁻²⁵ of its exact value: finer than the float output's rounding);
-    // constant groups (var = 0 → NaN here) are masked to f = 0 below.
+    // constant groups (var = 0 → NaN here) are masked to f = 0 below. (An exact sqrt and division measured slower.)
     const __m512d half_var = _mm512_mul_pd(var, _mm512_set1_pd(0.5)), three_halves = _mm512_set1_pd(1.5);
     __m512d rs = _mm512_maskz_rsqrt14_pd(0xFF, var);
     rs = _mm512_mul_pd(rs, _mm512_fnmadd_pd(_mm512_mul_pd(half_var, rs), rs, three_halves));
-    const __m512d den = _mm512_fmadd_pd(var, rs, _mm512_set1_pd(p.epsilon));
+    const __m512d den = _mm512_fmadd_pd(var, rs, k.epsilon);
     __m512d inv = _mm512_maskz_rcp14_pd(0xFF, den);
     inv = _mm512_fmadd_pd(inv, _mm512_fnmadd_pd(den, inv, _mm512_set1_pd(1.0)), inv);
-    f = _mm512_mul_pd(inv, _mm512_set1_pd(p.factor));
+    f = _mm512_mul_pd(inv, k.factor);
   } else {
-    f = _mm512_set1_pd(p.fixed);
+    f = k.fixed;
   }
   f = _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(ss, _mm512_setzero_pd(), _CMP_NEQ_OQ), f); // constant group: 0
-  // Output in float, from the scores in their original layout (reloaded: L1-resident; an in-place y reads each
-  // register's scores before writing them): y = (x − c_hi)·f − c_lo·f with the baseline c = center·μ split into
-  // c_hi = float(c) and c_lo = float(c − c_hi). x − c_hi is exact when x is within a factor 2 of c_hi (Sterbenz) and
-  // else rounds relative to a result of about |x|; the fused multiply-subtract rounds once more, so the error relative
-  // to the result stays within a few 2⁻²⁴ even for groups whose values differ in their last float bit.
-  const __m512d c = _mm512_mul_pd(mean, _mm512_set1_pd(p.center));
-  const __m256 c_hi = _mm512_maskz_cvtpd_ps(0xFF, c);
+  __mmask8 ok = _mm512_cmp_pd_mask(_mm512_fmadd_pd(r0, r0, s2), k.x_bound, _CMP_LT_OQ);
+  if (k.check_f) {
+    const __m512d af = _mm512_abs_pd(f);
+    const __mmask8 f_normal = _mm512_mask_cmp_pd_mask(_mm512_cmp_pd_mask(af, _mm512_set1_pd(0x1p-100), _CMP_GE_OQ), af,
+                                                      _mm512_set1_pd(0x1p100), _CMP_LE_OQ);
+    ok &= f_normal | _mm512_cmp_pd_mask(af, _mm512_setzero_pd(), _CMP_EQ_OQ);
+  }
+  if (ok != 0xFF) // rare: tell a non-finite score from a range the float output cannot take
+    return _mm512_cmp_pd_mask(_mm512_sub_pd(ss, ss), _mm512_setzero_pd(), _CMP_NEQ_UQ) ? ga_status::non_finite
+                                                                                       : ga_status::fallback;
+  const __m512d c = _mm512_mul_pd(mean, k.center);
+  c_hi = _mm512_maskz_cvtpd_ps(0xFF, c);
   const __m256 c_lo = _mm512_maskz_cvtpd_ps(0xFF, _mm512_sub_pd(c, _mm512_maskz_cvtps_pd(0xFF, c_hi)));
-  const __m256 f_f = _mm512_maskz_cvtpd_ps(0xFF, f);
-  const __m256 clf = _mm256_mul_ps(c_lo, f_f);
-  // The float path can neither overflow nor lose precision when every score of the block has |x| < 2¹²⁶ (|r0| < 2¹²⁵
-  // and |x − r0| ≤ √s2 < 2¹²⁵, so |x − c_hi| < 2¹²⁷) and f is 0 or within [2⁻¹⁰⁰, 2¹⁰⁰]; other blocks (scores near
-  // ±FLT_MAX, groups of subnormal scores with ε = 0) go through double.
-  const __m512d af = _mm512_abs_pd(f);
-  const __mmask8 f_normal = _mm512_mask_cmp_pd_mask(_mm512_cmp_pd_mask(af, _mm512_set1_pd(0x1p-100), _CMP_GE_OQ), af,
-                                                    _mm512_set1_pd(0x1p100), _CMP_LE_OQ);
-  const __mmask8 f_ok = f_normal | _mm512_cmp_pd_mask(af, _mm512_setzero_pd(), _CMP_EQ_OQ);
-  const __mmask8 x_ok =
-      _mm512_mask_cmp_pd_mask(_mm512_cmp_pd_mask(_mm512_abs_pd(r0), _mm512_set1_pd(0x1p125), _CMP_LT_OQ), s2,
-                              _mm512_set1_pd(0x1p250), _CMP_LT_OQ);
-  if ((f_ok & x_ok) == 0xFF)
-    ga_store_output<(G < 8 ? G : 8)>(x, y, c_hi, f_f, clf);
-  else
-    ga_block_double(x, y, G, G <= 8 ? 8 : 64 / G, p);
-  return true;
+  f_f = _mm512_maskz_cvtpd_ps(0xFF, f);
+  clf = _mm256_mul_ps(c_lo, f_f);
+  return ga_status::fast;
 }
 
-/// Advantages of 8 consecutive groups of G ≤ 8 floats at x (8·G values) into y, or of 64/G groups of G ≥ 16 (64
-/// values: 8 parts of 8, whose sums are merged per group); false, writing nothing, if a score is not finite.
+/// The output of a block (see ga_scales8): G ≤ 4 share a register between groups (permuted values), G ≥ 8 take one
+/// register per group (broadcast values).
 template <int G>
-HIR_CPU_AVX512_FN __attribute__((always_inline)) inline bool ga_block(const float* x, float* y,
-                                                                      const uniform_params& p) {
-  __m512d r0, s1, s2;
-  ga_sums8<(G < 8 ? G : 8)>(x, r0, s1, s2);
-  if constexpr (G >= 16)
-    ga_merge_lanes<1>(r0, s1, s2, 8.0);
-  if constexpr (G >= 32)
-    ga_merge_lanes<2>(r0, s1, s2, 16.0);
-  return ga_finish8<G>(x, y, r0, s1, s2, p);
+HIR_CPU_AVX512_FN __attribute__((always_inline)) inline void ga_output(const float* x, float* y, __m256 c_hi,
+                                                                       __m256 f_f, __m256 clf) {
+  if constexpr (G <= 4)
+    ga_store_output<G>(x, y, c_hi, f_f, clf);
+  else
+    ga_store_output_bcast<G>(x, y, c_hi, f_f, clf);
 }
 
-/// Groups [g_begin, g_end) (g_end − g_begin a multiple of 8) of a uniform float layout; returns the first group of
-/// a block holding a non-finite score (that block and the ones after it are not written), or -1.
-/// How far ahead ga_uniform_blocks prefetches (floats): 2 KiB, about 30 blocks of the G = 8 kernel.
+/// How far ahead ga_uniform_blocks prefetches (floats): 2 KiB, 8 blocks of 64 scores.
 inline constexpr std::size_t ga_prefetch_floats = 512;
 
+/// Groups [g_begin, g_end) (g_end − g_begin a multiple of 8) of a uniform float layout; returns the first group of
+/// a block holding a non-finite score (that block and the ones after it are not written; the ones before it are),
+/// or -1.
+///
+/// Software-pipelined over three blocks: one iteration forms the sums of block b + 1, the scales of block b and
+/// stores the output of block b − 1. A block's dependency chain (transpose, conversions, sums, two Newton-refined
+/// estimates, conversions, permutes: ≈ 100 cycles) is longer than the ≈ 60 cycles of issue its ≈ 100 vector µops
+/// need, and the scheduler cannot hold enough of the next block to cover it; with the stages of three blocks in one
+/// iteration every stage's inputs are ready a block early (G = 8 in L2: 0.39 → 0.34 ns per reward).
 template <int G>
 HIR_CPU_AVX512_FN long long ga_uniform_blocks(const float* s, float* out, std::size_t g_begin, std::size_t g_end,
                                               const uniform_params& p) {
-  constexpr std::size_t per_block = G <= 8 ? 8 : 64 / G; // groups per ga_block call
-  for (std::size_t g = g_begin; g < g_end; g += per_block) {
-    // Software prefetch of both streams, ga_prefetch_floats ahead (a hint: an address past the end is dropped, never
-    // faults; formed as an integer, not by pointer arithmetic): out of cache the hardware prefetchers alone left the
-    // kernel at about half the triad's bandwidth.
-    for (std::size_t k = 0; k < per_block * G; k += 16) {
-      constexpr std::uintptr_t ahead = ga_prefetch_floats * sizeof(float);
-      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(s + g * G + k) + ahead), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(out + g * G + k) + ahead),
-                   _MM_HINT_T0);
+  constexpr std::size_t per_block = 8; // groups per block
+  if (g_begin == g_end)
+    return -1;
+  const ga_consts k = ga_make_consts(p);
+  __m512d r0, s1, s2; // sums of block `cur`
+  std::size_t cur = g_begin;
+  ga_run_sums<G>(s + cur * G, r0, s1, s2);
+  bool pending = false; // block `prev` has scales awaiting its store
+  std::size_t prev = 0;
+  __m256 p_hi = _mm256_setzero_ps(), p_f = p_hi, p_lf = p_hi;
+  for (;;) {
+    const std::size_t next = cur + per_block;
+    const bool more = next < g_end;
+    __m512d n_r0 = r0, n_s1 = s1, n_s2 = s2;
+    if (more) {
+      // Software prefetch of both streams, ga_prefetch_floats ahead (a hint: an address past the end is dropped,
+      // never faults; formed as an integer, not by pointer arithmetic): out of cache the hardware prefetchers alone
+      // left the kernel at about half the triad's bandwidth.
+      for (std::size_t i = 0; i < per_block * G; i += 16) {
+        constexpr std::uintptr_t ahead = ga_prefetch_floats * sizeof(float);
+        _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(s + next * G + i) + ahead),
+                     _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(out + next * G + i) + ahead),
+                     _MM_HINT_T0);
+      }
+      ga_run_sums<G>(s + next * G, n_r0, n_s1, n_s2);
     }
-    if (!ga_block<G>(s + g * G, out + g * G, p))
-      return static_cast<long long>(g);
+    __m256 c_hi = _mm256_setzero_ps(), f_f = c_hi, clf = c_hi;
+    const ga_status status = ga_scales8<G>(r0, s1, s2, k, c_hi, f_f, clf);
+    if (pending)
+      ga_output<G>(s + prev * G, out + prev * G, p_hi, p_f, p_lf);
+    pending = status == ga_status::fast;
+    if (status == ga_status::non_finite)
+      return static_cast<long long>(cur);
+    if (status == ga_status::fallback)
+      ga_block_double(s + cur * G, out + cur * G, G, static_cast<int>(per_block), p);
+    p_hi = c_hi, p_f = f_f, p_lf = clf, prev = cur;
+    if (!more)
+      break;
+    r0 = n_r0, s1 = n_s1, s2 = n_s2, cur = next;
   }
+  if (pending)
+    ga_output<G>(s + prev * G, out + prev * G, p_hi, p_f, p_lf);
   return -1;
 }
 
