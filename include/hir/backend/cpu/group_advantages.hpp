@@ -328,9 +328,9 @@ ga_store_output_bcast(const float* x, float* y, __m256 c_hi, __m256 f_f, __m256 
 
 /// The block computed in double, group by group, with exact sqrt and division: the fast path's fallback for scales
 /// beyond the float range (groups of subnormal scores with ε = 0, scores near ±3.4e38). Same formula, same
-/// constant-group rule. x holds n groups of G finite floats.
-HIR_CPU_AVX512_FN inline void ga_block_double(const float* x, float* y, int G, int n, const uniform_params& p) {
-  for (int g = 0; g < n; ++g) {
+/// constant-group rule. x holds the block's 8 groups of G finite floats.
+HIR_CPU_AVX512_FN inline void ga_block_double(const float* x, float* y, int G, const uniform_params& p) {
+  for (int g = 0; g < 8; ++g) {
     const float* v = x + g * G;
     const double r0 = v[0];
     double s1 = 0, s2 = 0;
@@ -540,7 +540,7 @@ HIR_CPU_AVX512_FN __attribute__((always_inline)) inline void ga_output(const flo
     ga_store_output_bcast<G>(x, y, c_hi, f_f, clf);
 }
 
-/// How far ahead ga_uniform_blocks prefetches (floats): 2 KiB, 8 blocks of 64 scores.
+/// How far ahead ga_uniform_blocks prefetches (floats): 2 KiB, 8 blocks of G = 8.
 inline constexpr std::size_t ga_prefetch_floats = 512;
 
 /// Groups [g_begin, g_end) (g_end − g_begin a multiple of 8) of a uniform float layout; returns the first group of
@@ -590,7 +590,7 @@ HIR_CPU_AVX512_FN long long ga_uniform_blocks(const float* s, float* out, std::s
     if (status == ga_status::non_finite)
       return static_cast<long long>(cur);
     if (status == ga_status::fallback)
-      ga_block_double(s + cur * G, out + cur * G, G, static_cast<int>(per_block), p);
+      ga_block_double(s + cur * G, out + cur * G, G, p);
     p_hi = c_hi, p_f = f_f, p_lf = clf, prev = cur;
     if (!more)
       break;
